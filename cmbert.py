@@ -1,0 +1,478 @@
+"""
+Chinese ModernBERT: the encoder, its masked-LM and classification heads, in one file.
+
+The architecture is ModernBERT's (DESIGN.md §2) with the choices of Chinese ModernBERT
+(Zhao et al., 2025): pre-norm blocks with RMSNorm (or ModernBERT's bias-free LayerNorm),
+no biases in linear layers, GeGLU, RoPE with its own theta for global and local layers, and
+local (sliding-window, 128 tokens) attention in all layers but every third one.
+
+Two ways to feed a batch, which give the same outputs for the same documents:
+  padded:  input_ids (B, T) + attention_mask (B, T), one document per row;
+  packed:  documents laid end to end, boundaries in cu_seqlens (flash-attn's varlen convention):
+           input_ids (N,), or (B, T) when every row boundary is also a document boundary.
+Attention never crosses a document and RoPE positions restart at each document.
+"""
+import json, math, os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class CMBertConfig:
+    vocab_size: int = 32000            # a multiple of 64 (DESIGN.md §1)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    intermediate_size: int = 384       # GeGLU width: Wi maps n_embd -> 2 * intermediate_size
+    local_window: int = 128            # total window: query i sees keys j with |i - j| <= 64
+    global_every: int = 3              # layer i is global iff i % global_every == 0
+    rope_theta_global: float = 80000.0
+    rope_theta_local: float = 10000.0
+    norm: str = "rmsnorm"              # the paper's choice; "layernorm" = ModernBERT exactly
+    norm_eps: float = 1e-5
+    max_seq_len: int = 8192
+    embd_dropout: float = 0.0
+    attn_dropout: float = 0.0
+    mlp_dropout: float = 0.0
+    classifier_dropout: float = 0.0
+    classifier_pooling: str = "cls"    # "cls" or "mean" (sequence classification)
+    pad_id: int = 0
+    cls_id: int = 2
+    sep_id: int = 3
+    mask_id: int = 4
+    attn_backend: str = "auto"         # "auto" (flash-attn when it can run, else torch), "flash", "torch"
+
+    def __post_init__(self):
+        assert self.n_embd % self.n_head == 0, "n_embd must be a multiple of n_head"
+        assert (self.n_layer - 1) % self.global_every == 0, \
+            f"n_layer={self.n_layer}: the last layer must be global ((n_layer - 1) % global_every == 0)"
+        assert self.local_window % 2 == 0 and self.local_window > 0, "local_window must be even"
+        assert self.norm in ("rmsnorm", "layernorm"), f"norm={self.norm!r}: rmsnorm or layernorm"
+        assert self.attn_backend in ("auto", "flash", "torch"), f"attn_backend={self.attn_backend!r}"
+        assert self.classifier_pooling in ("cls", "mean")
+
+    def is_global(self, i):
+        return i % self.global_every == 0
+
+
+PRESETS = {
+    # the CPU demo: 4 layers (0 and 3 global), trains at 8,192 tokens on a laptop CPU
+    "tiny": dict(n_layer=4, n_head=4, n_embd=256, intermediate_size=384),
+    "base": dict(n_layer=22, n_head=12, n_embd=768, intermediate_size=1152),   # ModernBERT-base
+    "large": dict(n_layer=28, n_head=16, n_embd=1024, intermediate_size=2624),  # the paper's model
+}
+
+
+def config_from_preset(name, **overrides):
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return CMBertConfig(**{**PRESETS[name], **overrides})
+
+
+# ------------------------------------------------------------------------------------------
+# Attention: one entry point, two backends
+
+def flash_attn_available():
+    try:
+        import flash_attn  # noqa: F401  (imported lazily: it only exists on CUDA machines)
+        return True
+    except ImportError:
+        return False
+
+
+@dataclass
+class Layout:
+    """Where every token sits, computed once per forward and shared by all layers.
+    torch backend: tokens stay (B, T); `doc` is each token's document id, -1 for padding.
+    flash backend: the valid tokens are flattened to (N,), documents delimited by cu_seqlens."""
+    pos: torch.Tensor                  # position within its document (RoPE restarts per document)
+    doc: torch.Tensor                  # (B, T) document id, -1 = padding
+    cu_seqlens: torch.Tensor = None    # flash only
+    max_seqlen: int = 0                # flash only
+    keep: torch.Tensor = None          # flash only: which of the B*T slots hold real tokens
+    masks: dict = None                 # torch only: attention masks, built once, reused by layers
+
+
+def attention(q, k, v, layout, window, dropout_p):
+    """Scaled dot-product attention within documents; window=None for global layers.
+    q, k, v: (B, T, H, D) for the torch backend, (N, H, D) for flash. Returns the same shape."""
+    if layout.cu_seqlens is not None:
+        from flash_attn import flash_attn_varlen_func
+        # flash-attn's window is inclusive on both sides: (64, 64) lets i see |i - j| <= 64
+        w = (window // 2, window // 2) if window else (-1, -1)
+        return flash_attn_varlen_func(q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_seqlen,
+                                      layout.max_seqlen, dropout_p=dropout_p, causal=False, window_size=w)
+    if window:
+        return local_attention(q, k, v, layout, window // 2, dropout_p)
+    mask = layout.masks.get("global")
+    if mask is None and "global" not in layout.masks:
+        doc = layout.doc  # same-document mask, or None when every row is one unpadded document
+        single = bool((doc == doc[:, :1]).all()) and bool((doc >= 0).all())
+        mask = layout.masks["global"] = None if single else (doc[:, None, :, None] == doc[:, None, None, :])
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                       attn_mask=mask, dropout_p=dropout_p)
+    return y.transpose(1, 2)
+
+
+def local_attention(q, k, v, layout, h, dropout_p):
+    """Exact sliding-window attention (|i - j| <= h) in O(T * h) time and memory: cut the sequence
+    into blocks of h queries; each block attends to its own and its two neighbouring key blocks
+    (3h keys, of which 2h + 1 can be inside the window). HF ModernBERT's T x T mask is what this
+    avoids: at T = 8,192 that mask alone is 67M entries per layer."""
+    B, T, H, D = q.shape
+    nb = -(-T // h)  # number of blocks
+    pad = nb * h - T
+    if "local" not in layout.masks:
+        doc = F.pad(layout.doc, (0, pad), value=-1)  # padding matches padding: no empty softmax rows
+        doc_q = doc.view(B, nb, h)
+        doc_k = F.pad(doc, (h, h), value=-2).unfold(1, 3 * h, h)  # -2 (outside) matches nothing
+        i = torch.arange(h, device=q.device)[:, None] + h  # query index inside its 3h key span
+        j = torch.arange(3 * h, device=q.device)[None, :]
+        band = (i - j).abs() <= h
+        layout.masks["local"] = (band & (doc_q[..., :, None] == doc_k[..., None, :])).view(B * nb, 1, h, 3 * h)
+    qb = F.pad(q, (0, 0, 0, 0, 0, pad)).view(B, nb, h, H, D).permute(0, 1, 3, 2, 4).reshape(B * nb, H, h, D)
+
+    def key_blocks(x):  # (B, T, H, D) -> (B * nb, H, 3h, D): block b sees blocks b - 1, b, b + 1
+        x = F.pad(x, (0, 0, 0, 0, h, h + pad)).view(B, nb + 2, h, H, D)
+        x = torch.cat((x[:, :-2], x[:, 1:-1], x[:, 2:]), dim=2)  # (B, nb, 3h, H, D); cheaper backward than unfold
+        return x.transpose(2, 3).reshape(B * nb, H, 3 * h, D)
+    y = F.scaled_dot_product_attention(qb, key_blocks(k), key_blocks(v), attn_mask=layout.masks["local"],
+                                       dropout_p=dropout_p)
+    return y.view(B, nb, H, h, D).permute(0, 1, 3, 2, 4).reshape(B, nb * h, H, D)[:, :T]
+
+
+# ------------------------------------------------------------------------------------------
+# The encoder. Module names follow Hugging Face's ModernBERT, so export is a plain state dict.
+
+def rope(x, cos, sin):
+    """GPT-NeoX (rotate-half) rotary embedding; cos/sin are computed in fp32 and cast once."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def Norm(cfg):
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=False)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg, i):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.n_embd // cfg.n_head
+        self.window = None if cfg.is_global(i) else cfg.local_window
+        self.theta = cfg.rope_theta_global if cfg.is_global(i) else cfg.rope_theta_local
+        self.dropout = cfg.attn_dropout
+        self.Wqkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)  # fused: one matmul, not three
+        self.Wo = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+
+    def forward(self, x, layout, rotary):
+        qkv = self.Wqkv(x).view(*x.shape[:-1], 3, self.n_head, self.head_dim)
+        q, k = rope(qkv[..., :2, :, :], *rotary[self.theta]).unbind(-3)  # rotate q and k in one go
+        y = attention(q, k, qkv[..., 2, :, :], layout, self.window, self.dropout if self.training else 0.0)
+        return self.Wo(y.flatten(-2))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.Wi = nn.Linear(cfg.n_embd, 2 * cfg.intermediate_size, bias=False)
+        self.Wo = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
+        self.drop = nn.Dropout(cfg.mlp_dropout)
+
+    def forward(self, x):
+        inp, gate = self.Wi(x).chunk(2, dim=-1)  # GeGLU
+        return self.Wo(self.drop(F.gelu(inp) * gate))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, i):
+        super().__init__()
+        # the embedding output is already normalised, so the first block skips its attention norm
+        self.attn_norm = nn.Identity() if i == 0 else Norm(cfg)
+        self.attn = Attention(cfg, i)
+        self.mlp_norm = Norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, layout, rotary):
+        x = x + self.attn(self.attn_norm(x), layout, rotary)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # no position embedding: RoPE
+        self.norm = Norm(cfg)
+        self.drop = nn.Dropout(cfg.embd_dropout)
+
+    def forward(self, ids):
+        return self.drop(self.norm(self.tok_embeddings(ids)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.embeddings = Embeddings(cfg)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.final_norm = Norm(cfg)
+        if cfg.attn_backend == "flash" and not flash_attn_available():
+            raise RuntimeError("attn_backend='flash' but the flash_attn package does not import")
+
+    def use_flash(self, ids):
+        if self.cfg.attn_backend == "torch":
+            return False
+        half = torch.is_autocast_enabled("cuda") or self.embeddings.tok_embeddings.weight.dtype in (torch.float16, torch.bfloat16)
+        ok = ids.is_cuda and half and flash_attn_available()
+        if self.cfg.attn_backend == "flash" and not ok:
+            raise RuntimeError("attn_backend='flash' needs CUDA tensors in fp16/bf16 (autocast or .to(dtype))")
+        return ok
+
+    def layout(self, ids, attention_mask, cu_seqlens):
+        """Document id and position of every token, from a padded or a packed batch."""
+        shape = ids.shape if ids.dim() == 2 else (1, ids.numel())
+        B, T = shape
+        if cu_seqlens is None:  # padded: row b is document b
+            valid = torch.ones(shape, dtype=torch.bool, device=ids.device) if attention_mask is None \
+                else attention_mask.view(shape).bool()
+            doc = torch.where(valid, torch.arange(B, device=ids.device)[:, None], -1)
+            pos = valid.long().cumsum(1) - 1
+        else:  # packed: documents end to end over the flattened B * T tokens
+            assert attention_mask is None, "a packed batch has no padding: pass cu_seqlens or attention_mask"
+            cu = cu_seqlens.to(ids.device, torch.long)
+            assert int(cu[-1]) == B * T, f"cu_seqlens ends at {int(cu[-1])}, the batch has {B * T} tokens"
+            flat = torch.arange(B * T, device=ids.device)
+            d = torch.searchsorted(cu[1:], flat, right=True)
+            pos, doc = (flat - cu[d]).view(shape), d.view(shape)
+            if B > 1 and (doc[1:, 0] == doc[:-1, -1]).any():
+                raise ValueError(f"packed (B, T) input: every multiple of T={T} must be in cu_seqlens")
+        pos = pos.clamp(min=0)
+        if not self.use_flash(ids):
+            return Layout(pos=pos, doc=doc, masks={})
+        keep = (doc >= 0).flatten()
+        lengths = torch.bincount(doc.flatten()[keep])
+        cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        return Layout(pos=pos.flatten()[keep], doc=doc, cu_seqlens=cu, max_seqlen=int(lengths.max()), keep=keep)
+
+    def rotary(self, pos, dtype):
+        """cos/sin for every (position, theta) pair in use, in fp32, cast once to the compute dtype."""
+        D = self.cfg.n_embd // self.cfg.n_head
+        out = {}
+        for theta in {self.cfg.rope_theta_global, self.cfg.rope_theta_local}:
+            inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, device=pos.device, dtype=torch.float32) / D)
+            ang = pos.float()[..., None] * inv_freq
+            ang = torch.cat((ang, ang), dim=-1)[..., None, None, :]  # broadcast over (q|k, heads)
+            out[theta] = (ang.cos().to(dtype), ang.sin().to(dtype))
+        return out
+
+    def forward(self, input_ids, attention_mask=None, cu_seqlens=None):
+        """Hidden states (*input_ids.shape, n_embd); padding positions hold meaningless values."""
+        lay = self.layout(input_ids, attention_mask, cu_seqlens)
+        ids = input_ids.reshape(lay.doc.shape)
+        if lay.keep is not None:  # flash: run on the valid tokens only, no padding anywhere
+            ids = ids.flatten()[lay.keep]
+        x = self.embeddings(ids)
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        rotary = self.rotary(lay.pos, dtype)
+        for block in self.layers:
+            x = block(x, lay, rotary)
+        x = self.final_norm(x)
+        if lay.keep is not None:
+            x = x.new_zeros(lay.keep.numel(), x.shape[-1]).index_put_((lay.keep.nonzero()[:, 0],), x)
+        return x.reshape(*input_ids.shape, -1)
+
+
+class Head(nn.Module):
+    """ModernBERT's prediction head: dense, GELU, norm (shared by the MLM and classification models)."""
+    def __init__(self, cfg):
+        super().__init__()
+        self.dense = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.norm = Norm(cfg)
+
+    def forward(self, x):
+        return self.norm(F.gelu(self.dense(x)))
+
+
+# ------------------------------------------------------------------------------------------
+# Models: shared plumbing (init, counting, optimiser, saving), then the MLM and classifier
+
+class PreTrained(nn.Module):
+    def init_weights(self):
+        """ModernBERT's init: truncated normal cut at +-2 sigma; sigma = 0.02 for inputs and
+        embeddings, 0.02 / sqrt(2 L) for the projections that write into the residual stream."""
+        cfg, std = self.cfg, 0.02
+        out_std = std / math.sqrt(2.0 * cfg.n_layer)
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.zeros_(p)
+            else:
+                s = out_std if name.endswith(("Wo.weight", "head.dense.weight")) else std
+                if name.endswith("classifier.weight"):
+                    s = cfg.n_embd ** -0.5
+                nn.init.trunc_normal_(p, std=s, a=-2 * s, b=2 * s)
+
+    def num_params(self, embeddings=True):
+        n = sum(p.numel() for p in self.parameters())  # tied decoder weight counted once
+        return n if embeddings else n - self.model.embeddings.tok_embeddings.weight.numel()
+
+    def configure_optimizers(self, weight_decay, lr, betas, device_type):
+        """AdamW; no weight decay for norms, biases and the (tied) embedding."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 and "embeddings" not in name else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type == "cuda")
+
+    def flops_per_token(self, seq_len, mask_rate=0.3):
+        """Training FLOPs per token (forward + backward = 3 x forward, 2 FLOPs per MAC). Local
+        layers are charged for their window only; the MLM head runs on masked tokens only."""
+        cfg = self.cfg
+        per_layer = 2 * cfg.n_embd * (3 * cfg.n_embd + cfg.n_embd + 3 * cfg.intermediate_size)
+        attn = sum(4 * cfg.n_embd * (seq_len if cfg.is_global(i) else min(seq_len, cfg.local_window + 1))
+                   for i in range(cfg.n_layer))
+        head = 2 * cfg.n_embd * (cfg.n_embd + cfg.vocab_size) * mask_rate
+        return 3 * (cfg.n_layer * per_layer + attn + head)
+
+    def estimate_mfu(self, tokens_per_s, seq_len, peak_flops, mask_rate=0.3):
+        return self.flops_per_token(seq_len, mask_rate) * tokens_per_s / peak_flops if peak_flops else None
+
+    def state_dict_clean(self):
+        """Weights without torch.compile's `_orig_mod.` prefixes and without the tied decoder copy."""
+        sd = {k.replace("_orig_mod.", ""): v for k, v in self.state_dict().items()}
+        sd.pop("decoder.weight", None)
+        return sd
+
+    def save_pretrained(self, out_dir):
+        from safetensors.torch import save_file
+        os.makedirs(out_dir, exist_ok=True)
+        path = os.path.join(out_dir, "model.safetensors")
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict_clean().items()}, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        write_json(os.path.join(out_dir, "config.json"), asdict(self.cfg))
+
+    @classmethod
+    def from_pretrained(cls, model_dir, **kwargs):
+        """Load a directory written by save_pretrained; kwargs override config fields
+        (e.g. attn_backend) or go to the constructor (e.g. num_labels)."""
+        from safetensors.torch import load_file
+        for name in ("config.json", "model.safetensors"):
+            if not os.path.exists(os.path.join(model_dir, name)):
+                raise FileNotFoundError(f"{model_dir}: no {name} (not a directory written by save_pretrained)")
+        with open(os.path.join(model_dir, "config.json")) as f:
+            saved = json.load(f)
+        names = {f.name for f in fields(CMBertConfig)}
+        cfg = CMBertConfig(**{**{k: v for k, v in saved.items() if k in names},
+                              **{k: v for k, v in kwargs.items() if k in names}})
+        model = cls(cfg, **{k: v for k, v in kwargs.items() if k not in names})
+        sd = {k.replace("_orig_mod.", ""): v for k, v in load_file(os.path.join(model_dir, "model.safetensors")).items()}
+        own = model.state_dict()
+        missing = [k for k in own if k not in sd and k != "decoder.weight" and not k.startswith("classifier.")]
+        if missing:
+            raise ValueError(f"{model_dir}: model.safetensors lacks {', '.join(missing[:3])}")
+        model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+        return model
+
+
+def device_peak_flops(device):
+    """Peak dense bf16 FLOP/s of known GPUs; on a CPU, the measured fp32 matmul rate (so CPU 'MFU'
+    reads as a share of what this CPU's matmul achieves, not of a datasheet number)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        table = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12,
+                 "L40S": 362e12, "4090": 165e12, "A10": 125e12}
+        return next((v for k, v in table.items() if k in name), None)
+    if device.type == "cpu":
+        import time
+        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+        a @ b
+        t = time.perf_counter()
+        for _ in range(8):
+            a @ b
+        return 8 * 2 * 1024 ** 3 / (time.perf_counter() - t)
+    return None
+
+
+def write_json(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+    os.replace(path + ".tmp", path)
+
+
+class CMBert(PreTrained):
+    """Encoder + MLM head; the decoder is tied to the token embedding and keeps a bias."""
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Encoder(cfg)
+        self.head = Head(cfg)
+        self.decoder = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=True)
+        self.init_weights()
+        self.decoder.weight = self.model.embeddings.tok_embeddings.weight
+
+    def forward(self, input_ids, attention_mask=None, labels=None, cu_seqlens=None):
+        """Returns (logits, loss). Without labels: logits for every token, (*input_ids.shape, V),
+        and loss None. With labels: sparse prediction. The head runs only on the positions whose
+        label is not -100, so logits are (n_labelled, V) and loss is their mean cross-entropy."""
+        h = self.model(input_ids, attention_mask, cu_seqlens)
+        if labels is None:
+            return self.decoder(self.head(h)), None
+        sel = labels != -100
+        logits = self.decoder(self.head(h[sel]))
+        # sum / count rather than mean: with no labelled token this is 0 with zero gradients, not NaN
+        loss = F.cross_entropy(logits.float(), labels[sel], reduction="sum") / sel.sum().clamp(min=1)
+        return logits, loss
+
+    def save_hf(self, out_dir, tokenizer_file=None):
+        """Write a folder that transformers.AutoModelForMaskedLM loads as ModernBertForMaskedLM."""
+        cfg = self.cfg
+        if cfg.norm != "layernorm":
+            raise ValueError("save_hf needs norm='layernorm': transformers' ModernBERT has no RMSNorm")
+        from safetensors.torch import save_file
+        os.makedirs(out_dir, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict_clean().items()},
+                  os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+        layer_types = ["full_attention" if cfg.is_global(i) else "sliding_attention" for i in range(cfg.n_layer)]
+        write_json(os.path.join(out_dir, "config.json"), dict(
+            architectures=["ModernBertForMaskedLM"], model_type="modernbert", vocab_size=cfg.vocab_size,
+            hidden_size=cfg.n_embd, intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.n_layer,
+            num_attention_heads=cfg.n_head, hidden_activation="gelu", max_position_embeddings=cfg.max_seq_len,
+            norm_eps=cfg.norm_eps, norm_bias=False, attention_bias=False, mlp_bias=False, decoder_bias=True,
+            classifier_activation="gelu", classifier_bias=False, tie_word_embeddings=True,
+            local_attention=cfg.local_window, layer_types=layer_types, global_attn_every_n_layers=cfg.global_every,
+            rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta_global},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta_local}},
+            global_rope_theta=cfg.rope_theta_global, local_rope_theta=cfg.rope_theta_local,  # transformers 4.x
+            pad_token_id=cfg.pad_id, cls_token_id=cfg.cls_id, sep_token_id=cfg.sep_id, bos_token_id=cfg.cls_id,
+            eos_token_id=cfg.sep_id, mask_token_id=cfg.mask_id))
+        if tokenizer_file:
+            import shutil
+            shutil.copy(tokenizer_file, os.path.join(out_dir, "tokenizer.json"))
+
+
+class CMBertForSequenceClassification(PreTrained):
+    """Encoder + ModernBERT's classification head: pool ([CLS] or mean), dense-GELU-norm, linear."""
+    def __init__(self, cfg, num_labels=2):
+        super().__init__()
+        self.cfg, self.num_labels = cfg, num_labels
+        self.model = Encoder(cfg)
+        self.head = Head(cfg)
+        self.drop = nn.Dropout(cfg.classifier_dropout)
+        self.classifier = nn.Linear(cfg.n_embd, num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        h = self.model(input_ids, attention_mask)
+        if self.cfg.classifier_pooling == "cls":
+            pooled = h[:, 0]
+        else:
+            m = torch.ones_like(input_ids, dtype=h.dtype) if attention_mask is None else attention_mask.to(h.dtype)
+            pooled = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+        logits = self.classifier(self.drop(self.head(pooled)))
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return logits, loss
