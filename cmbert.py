@@ -163,15 +163,15 @@ class Attention(nn.Module):
     def __init__(self, cfg, i):
         super().__init__()
         self.n_head, self.head_dim = cfg.n_head, cfg.n_embd // cfg.n_head
+        self.kind = "global" if cfg.is_global(i) else "local"
         self.window = None if cfg.is_global(i) else cfg.local_window
-        self.theta = cfg.rope_theta_global if cfg.is_global(i) else cfg.rope_theta_local
         self.dropout = cfg.attn_dropout
         self.Wqkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)  # fused: one matmul, not three
         self.Wo = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
 
     def forward(self, x, layout, rotary):
         qkv = self.Wqkv(x).view(*x.shape[:-1], 3, self.n_head, self.head_dim)
-        q, k = rope(qkv[..., :2, :, :], *rotary[self.theta]).unbind(-3)  # rotate q and k in one go
+        q, k = rope(qkv[..., :2, :, :], *rotary[self.kind]).unbind(-3)  # rotate q and k in one go
         y = attention(q, k, qkv[..., 2, :, :], layout, self.window, self.dropout if self.training else 0.0)
         return self.Wo(y.flatten(-2))
 
@@ -259,14 +259,15 @@ class Encoder(nn.Module):
         return Layout(pos=pos.flatten()[keep], doc=doc, cu_seqlens=cu, max_seqlen=int(lengths.max()), keep=keep)
 
     def rotary(self, pos, dtype):
-        """cos/sin for every (position, theta) pair in use, in fp32, cast once to the compute dtype."""
+        """cos/sin for global and local layers, in fp32, cast once to the compute dtype. Read from
+        the config at every call, so a training stage may change the global theta."""
         D = self.cfg.n_embd // self.cfg.n_head
         out = {}
-        for theta in {self.cfg.rope_theta_global, self.cfg.rope_theta_local}:
+        for kind, theta in [("global", self.cfg.rope_theta_global), ("local", self.cfg.rope_theta_local)]:
             inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, device=pos.device, dtype=torch.float32) / D)
             ang = pos.float()[..., None] * inv_freq
             ang = torch.cat((ang, ang), dim=-1)[..., None, None, :]  # broadcast over (q|k, heads)
-            out[theta] = (ang.cos().to(dtype), ang.sin().to(dtype))
+            out[kind] = (ang.cos().to(dtype), ang.sin().to(dtype))
         return out
 
     def forward(self, input_ids, attention_mask=None, cu_seqlens=None):

@@ -1,0 +1,168 @@
+"""train.py: whole-word masking, schedules, stages, packing, resume, torchrun and bad settings."""
+import json, os, signal, subprocess, sys, time
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+import train
+
+SMALL = ["--seq_len=128", "--stage2_seq_len=256", "--batch_size=2", "--eval_windows=2", "--warmup_steps=2",
+         "--progress=False", "--demo=False"]
+
+
+def run_train(*args, env=None, torchrun=0):
+    cmd = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"]
+                              if torchrun else []) + [os.path.join(ROOT, "train.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def read_log(out):
+    return [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+
+
+@pytest.fixture(scope="module")
+def data(tiny_data):
+    return train.load_data(str(tiny_data))
+
+
+@pytest.mark.parametrize("rate", [0.15, 0.3])
+def test_whole_word_masking(data, rate):
+    meta, d = data
+    inputs, labels, cu = train.make_batch(d["train"], [0, 3000, 6000, 9000], [rate] * 4,
+                                          [np.random.default_rng(i) for i in range(4)], meta, 1024)
+    ids = np.stack([train.window(*d["train"], s, 1024)[0] for s in [0, 3000, 6000, 9000]])
+    flags = np.stack([train.window(*d["train"], s, 1024)[1] for s in [0, 3000, 6000, 9000]])
+    labels, inputs = labels.numpy(), inputs.numpy()
+    masked = labels != -100
+    special = ids <= meta["mask_id"]
+    assert not (masked & special).any(), "special tokens are never masked"
+    assert abs(masked.sum() / (~special).sum() - rate) < 0.01, "realised rate within 1 point of the target"
+    assert (labels[masked] == ids[masked]).all()
+    # whole units: every token of a unit shares its first token's fate, and its 80/10/10 action
+    for row in range(4):
+        unit = np.cumsum(flags[row]) - 1
+        for u in np.unique(unit[masked[row]]):
+            assert masked[row][unit == u].all()
+            shown = inputs[row][unit == u]
+            assert (shown == meta["mask_id"]).all() or (shown != meta["mask_id"]).all()
+    # 80 / 10 / 10 (per unit; checked loosely on the token shares)
+    is_mask = inputs[masked] == meta["mask_id"]
+    kept = inputs[masked] == ids[masked]
+    assert 0.7 < is_mask.mean() < 0.9 and 0.03 < kept.mean() < 0.2
+    assert (inputs[~masked] == ids[~masked]).all()
+
+
+def test_packing_boundaries(data):
+    meta, d = data
+    starts = [100, 3000]
+    _, _, cu = train.make_batch(d["train"], starts, [0.15, 0.15], [np.random.default_rng(0)] * 2, meta, 512)
+    ids = np.concatenate([train.window(*d["train"], s, 512)[0] for s in starts])
+    cls = set(np.flatnonzero(ids == meta["cls_id"]).tolist())
+    assert set(cu.tolist()) == cls | {0, 512, 1024}
+    assert cu.dtype == torch.int32 and cu[0] == 0 and cu[-1] == 1024
+
+
+def test_same_global_batch_whatever_the_world_size(data):
+    meta, d = data
+    cfg = train.TrainConfig(seed=3)
+    whole = train.train_batch(d, meta, cfg, step=7, micro=0, rank=0, world=1, B=4, T=128)[0]
+    halves = [train.train_batch(d, meta, cfg, step=7, micro=0, rank=r, world=2, B=2, T=128)[0] for r in (0, 1)]
+    assert torch.equal(whole, torch.cat(halves))
+    assert not torch.equal(whole, train.train_batch(d, meta, cfg, 8, 0, 0, 1, 4, 128)[0])
+
+
+def test_schedules_at_their_defining_points():
+    cfg = train.TrainConfig(max_steps=1000, mask_min=0.15, mask_max=0.3, mask_warmup=0.05, lr_max=1e-3,
+                            lr_min=1e-5, warmup_steps=100, lr_cycles=2, lr_damping=0.5)
+    assert train.mask_rate(0, cfg) == pytest.approx(0.15)
+    assert train.mask_rate(50, cfg) == pytest.approx(0.30)
+    assert train.mask_rate(525, cfg) == pytest.approx(0.225)
+    assert train.mask_rate(1000, cfg) == pytest.approx(0.15)
+    assert train.learning_rate(0, cfg) == pytest.approx(1e-5)
+    assert train.learning_rate(99, cfg) == pytest.approx(1e-3)
+    assert train.learning_rate(100, cfg) == pytest.approx(1e-3)  # the cosine starts at its first peak
+    assert train.learning_rate(1000, cfg) == pytest.approx(1e-5)  # and ends in its last valley
+    # N = 2: one inner peak at p = 2/3, damped towards gamma * lr_max
+    p = 2 / 3
+    inner = train.learning_rate(100 + round(p * 900), cfg)
+    assert inner == pytest.approx(1e-3 * (1 - 0.5 * p), rel=1e-6)
+    const = train.TrainConfig(mask_min=0.2, mask_max=0.2)
+    assert {train.mask_rate(s, const) for s in range(0, const.max_steps, 37)} == {0.2}
+
+
+def test_stage_switch_keeps_tokens_per_step():
+    cfg = train.TrainConfig(max_steps=100, stage2_start=0.9, seq_len=1024, batch_size=16, stage2_seq_len=8192)
+    assert train.stage_of(89, cfg) == (1, 1024, 16)
+    assert train.stage_of(90, cfg) == (2, 8192, 2)
+    assert train.step_tokens(100, cfg, world=1) == 100 * 16 * 1024
+
+
+def test_bad_settings_and_data_dir(tmp_path, tiny_data):
+    for args, message in [(["--nope=1"], "unknown setting 'nope'"), (["--max_steps=ten"], "max_steps must be int"),
+                          (["--compile=yes"], "compile must be bool"), (["max_steps=3"], "neither a config file"),
+                          ([f"--data_dir={tmp_path}"], "no meta.json")]:
+        r = run_train(*args, f"--out_dir={tmp_path / 'out'}")
+        assert r.returncode != 0 and message in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
+    r = run_train("--help")
+    assert r.returncode == 0 and "mask_warmup" in r.stdout
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_data):
+    args = SMALL + [f"--data_dir={tiny_data}", "--max_steps=10", "--stage2_start=0.6", "--ckpt_interval=3",
+                    "--eval_interval=4"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = run_train(*args, f"--out_dir={a}")
+    assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args, f"--out_dir={b}"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # same threads, same float sums
+    deadline = time.time() + 120
+    while not (b / "ckpt.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (b / "ckpt.pt").exists()
+    killed_at = torch.load(b / "ckpt.pt", weights_only=False)["step"]
+    assert killed_at < 10
+    r = run_train(*args, f"--out_dir={b}", "--resume=True")
+    assert r.returncode == 0, r.stderr
+    from safetensors.torch import load_file
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "tok_s"} for r in rows]
+    assert strip(read_log(a)) == strip(read_log(b))
+    assert any(r.get("stage") == 2 for r in read_log(b)) and any("val_loss_8k" in r for r in read_log(b))
+    from cmbert import CMBert
+    assert CMBert.from_pretrained(b).cfg.vocab_size == 1024 and (b / "tokenizer.json").exists()
+    assert (b / "train.png").stat().st_size > 10000
+
+
+def test_torchrun_two_processes_match_one(tmp_path, tiny_data):
+    common = SMALL[1:] + [f"--data_dir={tiny_data}", "--max_steps=3", "--stage2_start=1.0", "--eval_interval=100",
+                          "--ckpt_interval=100"]
+    r1 = run_train(*common, "--batch_size=4", "--seq_len=128", f"--out_dir={tmp_path / 'one'}")
+    assert r1.returncode == 0, r1.stderr
+    r2 = run_train(*common, "--batch_size=2", "--seq_len=128", f"--out_dir={tmp_path / 'two'}", torchrun=2)
+    assert r2.returncode == 0, r2.stderr
+    assert "2 process(es)" in r2.stdout
+    one = [r["loss"] for r in read_log(tmp_path / "one") if "loss" in r]
+    two = [r["loss"] for r in read_log(tmp_path / "two") if "loss" in r]
+    assert len(one) == len(two) == 3
+    # same global batch; the only difference is a mean of two per-process means vs one mean
+    assert np.allclose(one, two, rtol=2e-3), (one, two)
+
+
+def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tmp_path, tiny_data):
+    out = tmp_path / "out"
+    args = SMALL + [f"--data_dir={tiny_data}", "--max_steps=40", "--stage2_start=1.0", "--ckpt_interval=2",
+                    "--eval_interval=100", "--max_bad_steps=2", f"--out_dir={out}"]
+    r = run_train(*args, "--lr_max=1e30", "--grad_clip=0", "--warmup_steps=1", "--weight_decay=0.0")
+    assert r.returncode != 0 and "non-finite steps in a row" in r.stderr, r.stderr[-500:]
+    ckpt = torch.load(out / "ckpt.pt", weights_only=False)
+    rows = [x for x in read_log(out) if "loss" in x]
+    assert rows[-1]["skipped"] and ckpt["step"] <= rows[-1]["step"]
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values()), "the checkpoint holds good weights"
