@@ -105,7 +105,7 @@ def attention(q, k, v, layout, window, dropout_p):
         w = (window // 2, window // 2) if window else (-1, -1)
         return flash_attn_varlen_func(q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_seqlen,
                                       layout.max_seqlen, dropout_p=dropout_p, causal=False, window_size=w)
-    if window:
+    if window and q.shape[1] > window // 2 + 1:  # shorter rows: every pair is inside the window
         return local_attention(q, k, v, layout, window // 2, dropout_p)
     mask = layout.masks.get("global")
     if mask is None and "global" not in layout.masks:
@@ -153,9 +153,14 @@ def rope(x, cos, sin):
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+class RMSNorm(nn.RMSNorm):
+    def forward(self, x):  # in fp32 under autocast, as autocast already does for LayerNorm
+        return super().forward(x.float()).to(x.dtype)
+
+
 def Norm(cfg):
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        return RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
     return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=False)
 
 

@@ -26,12 +26,13 @@ class TrainConfig:
     norm: str = "rmsnorm"            # the paper's RMSNorm; "layernorm" = ModernBERT exactly (save_hf works)
     attn_backend: str = "auto"       # auto | flash | torch
     compile: bool = False            # torch.compile the model
+    dtype: str = "auto"              # autocast: auto = bf16 on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32; or float32 | bfloat16
     # stage 1, then stage 2 (context extension) from stage2_start (a fraction of max_steps)
     max_steps: int = 700
     seq_len: int = 1024
     batch_size: int = 2              # sequences per micro-step and process
     grad_accum: int = 1              # micro-steps per optimiser step
-    stage2_start: float = 0.97       # 1.0 = no stage 2
+    stage2_start: float = 0.98       # 1.0 = no stage 2
     stage2_seq_len: int = 8192       # the stage-2 batch shrinks so tokens per step stay about the same
     rope_theta_stage1: float = 80000.0  # RoPE theta of the global layers, per stage (local: 10k)
     rope_theta_stage2: float = 80000.0
@@ -329,7 +330,15 @@ def main(argv):
     if len(data["train"][0]) <= max(cfg.seq_len, cfg.stage2_seq_len if cfg.stage2_start < 1 else 0):
         sys.exit(f"train.py: error: {cfg.data_dir}: train.bin has {len(data['train'][0])} tokens, "
                  f"too few for windows of {cfg.stage2_seq_len if cfg.stage2_start < 1 else cfg.seq_len}")
-    model = CMBert(mcfg).to(cfg.device)
+    model = CMBert(mcfg)
+    # Start on the unigram plateau instead of spending the first steps climbing onto it: the decoder
+    # bias is set to the log-frequency of every token (smoothed), so the very first prediction is the
+    # corpus' unigram distribution and the gradient goes straight to using context.
+    counts = np.bincount(data["train"][0], minlength=meta["vocab_size"]).astype(np.float64)
+    counts[:meta["mask_id"] + 1] = 0  # special tokens are never labels
+    with torch.no_grad():
+        model.decoder.bias.copy_(torch.from_numpy(np.log((counts + 0.1) / (counts + 0.1).sum())))
+    model.to(cfg.device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr_max, (cfg.beta1, cfg.beta2), device_type)
     step = 0
     if ckpt is not None:
@@ -346,7 +355,12 @@ def main(argv):
         model = torch.compile(model)
     if ddp:
         model = DDP(model, device_ids=[local] if device_type == "cuda" else None)
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")
+    if cfg.dtype == "auto":
+        native = device_type == "cuda" or (device_type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        cfg.dtype = "bfloat16" if native else "float32"
+    if cfg.dtype not in ("float32", "bfloat16"):
+        sys.exit(f"train.py: error: --dtype={cfg.dtype}: auto, float32 or bfloat16")
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
     peak_flops = device_peak_flops(cfg.device) if master else None
 
     log_path = os.path.join(cfg.out_dir, "log.jsonl")
@@ -357,14 +371,12 @@ def main(argv):
         kept = [l for l in kept if json.loads(l)["step"] <= step]
         with open(log_path, "w") as f:
             f.writelines(kept)
-        counts = np.bincount(data["train"][0], minlength=meta["vocab_size"]).astype(np.float64)
-        counts[:meta["mask_id"] + 1] = 0
         top_token = int(counts.argmax())
         p = counts[counts > 0] / counts.sum()
         unigram_entropy = float(-(p * np.log(p)).sum())
         print(f"model: {raw_model.num_params() / 1e6:.2f}M parameters ({raw_model.num_params(False) / 1e6:.2f}M "
               f"without embeddings), {mcfg.n_layer} layers x {mcfg.n_embd}; data: {meta['train_tokens']:,} "
-              f"train tokens; {world} process(es) on {cfg.device}")
+              f"train tokens; {world} process(es) on {cfg.device}, {cfg.dtype}")
 
     def save_checkpoint():
         stage = stage_of(step, cfg)[0]
