@@ -236,7 +236,7 @@ def evaluate(model, data, meta, T, n_windows, B, device, autocast, top_token=Non
 # ------------------------------------------------------------------------------------------
 # Outputs: log, checkpoint, plot, demo
 
-def plot(log_path, out_png, cfg):
+def plot(log_path, out_png, cfg, unigram_entropy):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -246,11 +246,15 @@ def plot(log_path, out_png, cfg):
     fig, ax = plt.subplots(4, 1, figsize=(9, 11), sharex=True)
     ax[0].plot([r["step"] for r in tr], [r["loss"] for r in tr], lw=0.6, label="train loss")
     ax[0].plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", label="val loss (15% WWM)")
+    ax[0].axhline(unigram_entropy, color="tab:orange", ls=":", lw=1, label="unigram entropy (no context)")
     ax[0].set_ylabel("MLM loss")
     acc = ax[0].twinx()
     acc.plot([r["step"] for r in ev], [r["val_acc"] for r in ev], "s--", color="tab:green", label="val acc")
+    if ev:
+        acc.axhline(ev[-1]["top_token_acc"], color="tab:green", ls=":", lw=1, label="most frequent token")
     acc.set_ylabel("val accuracy")
     ax[0].legend(loc="upper center")
+    acc.legend(loc="upper right")
     for a, key, label in [(ax[1], "lr", "learning rate"), (ax[2], "mask_rate", "masking rate"),
                           (ax[3], "seq_len", "sequence length")]:
         a.plot([r["step"] for r in tr], [r[key] for r in tr])
@@ -468,7 +472,7 @@ def main(argv):
                 save_checkpoint()
     bar.close()
     if master:
-        plot(log_path, os.path.join(cfg.out_dir, "train.png"), cfg)
+        plot(log_path, os.path.join(cfg.out_dir, "train.png"), cfg, unigram_entropy)
         val_loss, val_acc, base = evaluate(raw_model, data, meta, cfg.seq_len, cfg.eval_windows, cfg.batch_size,
                                            cfg.device, autocast, top_token)
         elapsed = time.time() - t_start
