@@ -307,11 +307,14 @@ def run_classification(task, paths, tok, args):
             ids, mask = pad_batch([train_ids[j] for j in idx], args.device)
             yield model(ids, mask, labels=train_y[idx].to(args.device))[1]
 
+    by_length = sorted(range(len(dev_ids)), key=lambda i: len(dev_ids[i]))  # less padding, same predictions
+
     def evaluate():
         correct = 0
-        for i in range(0, len(dev_ids), 64):
-            ids, mask = pad_batch(dev_ids[i:i + 64], args.device)
-            correct += (model(ids, mask)[0].argmax(-1).cpu() == dev_y[i:i + 64]).sum().item()
+        for i in range(0, len(by_length), 64):
+            idx = by_length[i:i + 64]
+            ids, mask = pad_batch([dev_ids[j] for j in idx], args.device)
+            correct += (model(ids, mask)[0].argmax(-1).cpu() == dev_y[idx]).sum().item()
         return (correct / len(dev_ids),)
 
     scores = fine_tune(model, batches, len(train_ids), evaluate, args, spec, task)

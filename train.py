@@ -7,11 +7,12 @@ curriculum, a damped-cosine learning rate, and a 1,024 -> 8,192 sequence-length 
     torchrun --standalone --nproc_per_node=8 train.py config/paper_large.py
     python train.py --help                            # every setting with its default
 """
-import ast, dataclasses, inspect, json, math, os, sys, time
+import ast, dataclasses, inspect, json, math, os, shutil, sys, time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from cmbert import CMBert, config_from_preset, device_peak_flops
 
@@ -392,14 +393,13 @@ def main(argv):
         torch.save(state, ckpt_path + ".tmp")
         os.replace(ckpt_path + ".tmp", ckpt_path)
         raw_model.save_pretrained(cfg.out_dir)
-        import shutil
         shutil.copy(os.path.join(cfg.data_dir, "tokenizer.json"), os.path.join(cfg.out_dir, "tokenizer.json"))
+        plot(log_path, os.path.join(cfg.out_dir, "train.png"), cfg, unigram_entropy)
 
     def log(row):
         with open(log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    from tqdm import tqdm
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (master and cfg.progress), unit="step",
                dynamic_ncols=True)
     t_start, tokens_seen, bad_steps = time.time(), 0, 0
@@ -472,7 +472,6 @@ def main(argv):
                 save_checkpoint()
     bar.close()
     if master:
-        plot(log_path, os.path.join(cfg.out_dir, "train.png"), cfg, unigram_entropy)
         val_loss, val_acc, base = evaluate(raw_model, data, meta, cfg.seq_len, cfg.eval_windows, cfg.batch_size,
                                            cfg.device, autocast, top_token)
         elapsed = time.time() - t_start
