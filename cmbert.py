@@ -384,9 +384,9 @@ class PreTrained(nn.Module):
         return model
 
 
-def device_peak_flops(device):
-    """Peak dense bf16 FLOP/s of known GPUs; on a CPU, the measured fp32 matmul rate (so CPU 'MFU'
-    reads as a share of what this CPU's matmul achieves, not of a datasheet number)."""
+def device_peak_flops(device, dtype=torch.float32):
+    """Peak dense bf16 FLOP/s of known GPUs; on a CPU, the measured matmul rate in `dtype` (so CPU
+    'MFU' reads as a share of what this CPU's matmul achieves, not of a datasheet number)."""
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -395,7 +395,7 @@ def device_peak_flops(device):
         return next((v for k, v in table.items() if k in name), None)
     if device.type == "cpu":
         import time
-        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+        a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
         a @ b
         t = time.perf_counter()
         for _ in range(8):

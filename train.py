@@ -366,7 +366,7 @@ def main(argv):
     if cfg.dtype not in ("float32", "bfloat16"):
         sys.exit(f"train.py: error: --dtype={cfg.dtype}: auto, float32 or bfloat16")
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
-    peak_flops = device_peak_flops(cfg.device) if master else None
+    peak_flops = device_peak_flops(cfg.device, torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32) if master else None
 
     log_path = os.path.join(cfg.out_dir, "log.jsonl")
     if master:
