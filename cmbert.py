@@ -366,14 +366,10 @@ class PreTrained(nn.Module):
         """Load a directory written by save_pretrained; kwargs override config fields
         (e.g. attn_backend) or go to the constructor (e.g. num_labels)."""
         from safetensors.torch import load_file
-        for name in ("config.json", "model.safetensors"):
-            if not os.path.exists(os.path.join(model_dir, name)):
-                raise FileNotFoundError(f"{model_dir}: no {name} (not a directory written by save_pretrained)")
-        with open(os.path.join(model_dir, "config.json")) as f:
-            saved = json.load(f)
         names = {f.name for f in fields(CMBertConfig)}
-        cfg = CMBertConfig(**{**{k: v for k, v in saved.items() if k in names},
-                              **{k: v for k, v in kwargs.items() if k in names}})
+        cfg = load_config(model_dir, **{k: v for k, v in kwargs.items() if k in names})
+        if not os.path.exists(os.path.join(model_dir, "model.safetensors")):
+            raise FileNotFoundError(f"{model_dir}: no model.safetensors (not a directory written by save_pretrained)")
         model = cls(cfg, **{k: v for k, v in kwargs.items() if k not in names})
         sd = {k.replace("_orig_mod.", ""): v for k, v in load_file(os.path.join(model_dir, "model.safetensors")).items()}
         own = model.state_dict()
@@ -402,6 +398,17 @@ def device_peak_flops(device, dtype=torch.float32):
             a @ b
         return 8 * 2 * 1024 ** 3 / (time.perf_counter() - t)
     return None
+
+
+def load_config(model_dir, **overrides):
+    """The CMBertConfig saved in model_dir/config.json, with overrides (e.g. attn_backend)."""
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{model_dir}: no config.json (not a directory written by save_pretrained)")
+    with open(path) as f:
+        saved = json.load(f)
+    names = {f.name for f in fields(CMBertConfig)}
+    return CMBertConfig(**{**{k: v for k, v in saved.items() if k in names}, **overrides})
 
 
 def write_json(path, obj):

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cmbert import CMBertConfig, CMBertForSequenceClassification, Encoder, PreTrained, write_json
+from cmbert import CMBertForSequenceClassification, Encoder, PreTrained, load_config, write_json
 
 # Per-task defaults from the CLUE baselines (DESIGN.md §4): files, input kind, epochs, lr, batch, length.
 TASKS = {
@@ -41,10 +41,14 @@ class EvalError(Exception):
 # ------------------------------------------------------------------------------------------
 # Reading the official files
 
-def task_files(task, data_dir, override):
+def task_paths(task, data_dir, override=None):
     spec = TASKS[task]
     folder = override or os.path.join(data_dir, spec["folder"])
-    paths = {split: os.path.join(folder, spec.get(split, f"{split}.json")) for split in ("train", "dev")}
+    return {split: os.path.join(folder, spec.get(split, f"{split}.json")) for split in ("train", "dev")}
+
+
+def task_files(task, data_dir, override):
+    paths = task_paths(task, data_dir, override)
     missing = [p for p in paths.values() if not os.path.exists(p)]
     if missing:
         raise EvalError(f"{task}: missing {' and '.join(missing)}")
@@ -235,16 +239,10 @@ def pad_batch(seqs, device):
 
 
 def load_model(cls, args, **kwargs):
-    cfg_path = os.path.join(args.model_dir, "config.json")
-    if args.init == "random":
-        if not os.path.exists(cfg_path):
-            raise EvalError(f"{args.model_dir}: no config.json (the architecture to initialise randomly)")
-        with open(cfg_path) as f:
-            saved = json.load(f)
-        names = CMBertConfig.__dataclass_fields__
-        cfg = CMBertConfig(**{k: v for k, v in saved.items() if k in names})
-        return cls(cfg, **kwargs)
+    """The pre-trained weights, or (--init random) the same architecture freshly initialised."""
     try:
+        if args.init == "random":
+            return cls(load_config(args.model_dir), **kwargs)
         return cls.from_pretrained(args.model_dir, **kwargs)
     except FileNotFoundError as e:
         raise EvalError(str(e))
@@ -403,7 +401,7 @@ def main(argv=None):
 def evaluate_tasks(args):
     overrides = dict(item.split("=", 1) for item in args.path)
     if args.tasks == "all":
-        tasks = [t for t in TASKS if all(os.path.exists(f) for f in _paths_or_none(t, args.data_dir, overrides.get(t)))]
+        tasks = [t for t in TASKS if all(map(os.path.exists, task_paths(t, args.data_dir, overrides.get(t)).values()))]
         if not tasks:
             raise EvalError(f"{args.data_dir}: no CLUE task files found (expected e.g. afqmc_public/train.json)")
     else:
@@ -435,12 +433,6 @@ def evaluate_tasks(args):
                          settings={k: v for k, v in vars(args).items() if k not in ("progress",)}))
     print(f"wrote {out}")
     return results
-
-
-def _paths_or_none(task, data_dir, override):
-    spec = TASKS[task]
-    folder = override or os.path.join(data_dir, spec["folder"])
-    return [os.path.join(folder, spec.get(s, f"{s}.json")) for s in ("train", "dev")]
 
 
 def markdown_table(results, args):
