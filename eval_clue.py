@@ -360,13 +360,12 @@ def run_cmrc(paths, tok, args):
 
 
 def check_tokenizer(tok, model_dir):
-    with open(os.path.join(model_dir, "config.json")) as f:
-        cfg = json.load(f)
+    cfg = load_config(model_dir)
     ids = {t: tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")}
-    want = {"[PAD]": cfg["pad_id"], "[CLS]": cfg["cls_id"], "[SEP]": cfg["sep_id"], "[MASK]": cfg["mask_id"]}
-    if tok.get_vocab_size() > cfg["vocab_size"] or ids != want:
+    want = {"[PAD]": cfg.pad_id, "[CLS]": cfg.cls_id, "[SEP]": cfg.sep_id, "[MASK]": cfg.mask_id}
+    if tok.get_vocab_size() > cfg.vocab_size or ids != want:
         raise EvalError(f"the tokenizer ({tok.get_vocab_size()} tokens, special ids {list(ids.values())}) does not "
-                        f"match the model in {model_dir} (vocabulary {cfg['vocab_size']}, special ids {list(want.values())})")
+                        f"match the model in {model_dir} (vocabulary {cfg.vocab_size}, special ids {list(want.values())})")
 
 
 def main(argv=None):

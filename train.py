@@ -415,8 +415,9 @@ def main(argv):
         lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        rate = mask_rate(step, cfg)
         t0 = time.time()
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=cfg.device)  # summed on the device: one host sync per step, not per micro-step
         for micro in range(cfg.grad_accum):
             inputs, labels, cu = train_batch(data, meta, cfg, step, micro, rank, world, B, T)
             if ddp:  # synchronise gradients only on the last micro-step
@@ -424,15 +425,15 @@ def main(argv):
             with autocast:
                 _, loss = model(inputs.to(cfg.device), labels=labels.to(cfg.device), cu_seqlens=cu.to(cfg.device))
             (loss / cfg.grad_accum).backward()
-            loss_sum += loss.item() / cfg.grad_accum
+            loss_sum += loss.detach().float() / cfg.grad_accum
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        bad = torch.tensor(float(not (math.isfinite(loss_sum) and torch.isfinite(norm))), device=cfg.device)
+        bad = (~(torch.isfinite(loss_sum) & torch.isfinite(norm))).float()
         if ddp:
             dist.all_reduce(bad)
-            loss_t = torch.tensor(loss_sum, device=cfg.device)
-            dist.all_reduce(loss_t, op=dist.ReduceOp.AVG)
-            loss_sum = loss_t.item()
-        if bad.item() > 0:  # skip the update; several in a row stop the run, the last checkpoint intact
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        skipped = bad.item() > 0
+        loss_sum = loss_sum.item()
+        if skipped:  # skip the update; several in a row stop the run, the last checkpoint intact
             optimizer.zero_grad(set_to_none=True)
             bad_steps += 1
             if bad_steps >= cfg.max_bad_steps:
@@ -450,11 +451,11 @@ def main(argv):
         tokens_seen += n_tokens
         if master:
             tok_s = n_tokens / dt
-            mfu = raw_model.estimate_mfu(tok_s / world, T, peak_flops, mask_rate(step - 1, cfg))
+            mfu = raw_model.estimate_mfu(tok_s / world, T, peak_flops, rate)
             log(dict(step=step, tokens=step_tokens(step, cfg, world), stage=stage, seq_len=T, lr=lr,
-                     mask_rate=round(mask_rate(step - 1, cfg), 6), loss=round(loss_sum, 6),
-                     skipped=bool(bad.item() > 0), tok_s=round(tok_s)))
-            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", mask=f"{mask_rate(step - 1, cfg):.2f}",
+                     mask_rate=round(rate, 6), loss=round(loss_sum, 6),
+                     skipped=skipped, tok_s=round(tok_s)))
+            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", mask=f"{rate:.2f}",
                             tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}" if mfu else "n/a")
             bar.update(1)
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
