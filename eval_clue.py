@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cmbert import CMBertForSequenceClassification, Encoder, PreTrained, load_config, write_json
+from cmbert import CMBertForSequenceClassification, Encoder, PreTrained, load_config, resolve_dtype, write_json
 
 # Per-task defaults from the CLUE baselines (DESIGN.md §4): files, input kind, epochs, lr, batch, length.
 TASKS = {
@@ -238,12 +238,26 @@ def pad_batch(seqs, device):
     return ids.to(device), mask.to(device)
 
 
+def batch_order(lengths, bs, seed, epoch, group=50):
+    """Shuffled batches of similar length: shuffle, sort within groups of `group` batches, shuffle
+    the batches. Short-text tasks then pad a few tokens per row instead of up to the longest in
+    a random batch (about 2x faster here), while every epoch still sees a new random order."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    batches = []
+    for g in range(0, len(order), bs * group):
+        chunk = sorted(order[g:g + bs * group], key=lambda j: lengths[j])
+        batches += [chunk[i:i + bs] for i in range(0, len(chunk), bs)]
+    return [batches[k] for k in rng.permutation(len(batches))]
+
+
 def load_model(cls, args, **kwargs):
     """The pre-trained weights, or (--init random) the same architecture freshly initialised."""
+    overrides = {k: v for k, v in (("classifier_pooling", args.pooling), ("classifier_dropout", args.dropout)) if v is not None}
     try:
         if args.init == "random":
-            return cls(load_config(args.model_dir), **kwargs)
-        return cls.from_pretrained(args.model_dir, **kwargs)
+            return cls(load_config(args.model_dir, **overrides), **kwargs)
+        return cls.from_pretrained(args.model_dir, **overrides, **kwargs)
     except FileNotFoundError as e:
         raise EvalError(str(e))
 
@@ -299,11 +313,11 @@ def run_classification(task, paths, tok, args):
     model = load_model(CMBertForSequenceClassification, args, num_labels=len(labels)).to(args.device)
 
     def batches(bs, epoch):
-        order = np.random.default_rng([args.seed, epoch]).permutation(len(train_ids))
-        for i in range(0, len(order), bs):
-            idx = order[i:i + bs]
+        for idx in batch_order(list(map(len, train_ids)), bs, args.seed, epoch):
             ids, mask = pad_batch([train_ids[j] for j in idx], args.device)
-            yield model(ids, mask, labels=train_y[idx].to(args.device))[1]
+            with args.autocast:
+                loss = model(ids, mask, labels=train_y[idx].to(args.device))[1]
+            yield loss
 
     by_length = sorted(range(len(dev_ids)), key=lambda i: len(dev_ids[i]))  # less padding, same predictions
 
@@ -312,7 +326,8 @@ def run_classification(task, paths, tok, args):
         for i in range(0, len(by_length), 64):
             idx = by_length[i:i + 64]
             ids, mask = pad_batch([dev_ids[j] for j in idx], args.device)
-            correct += (model(ids, mask)[0].argmax(-1).cpu() == dev_y[idx]).sum().item()
+            with args.autocast:
+                correct += (model(ids, mask)[0].argmax(-1).cpu() == dev_y[idx]).sum().item()
         return (correct / len(dev_ids),)
 
     scores = fine_tune(model, batches, len(train_ids), evaluate, args, spec, task)
@@ -335,11 +350,11 @@ def run_cmrc(paths, tok, args):
     model = load_model(CMBertForSpans, args).to(args.device)
 
     def batches(bs, epoch):
-        order = np.random.default_rng([args.seed, epoch]).permutation(len(train_w))
-        for i in range(0, len(order), bs):
-            ws = [train_w[j] for j in order[i:i + bs]]
+        for idx in batch_order([len(w["ids"]) for w in train_w], bs, args.seed, epoch):
+            ws = [train_w[j] for j in idx]
             ids, mask = pad_batch([w["ids"] for w in ws], args.device)
-            start, end = model(ids, mask)
+            with args.autocast:
+                start, end = model(ids, mask)
             target = torch.tensor([[w["start"], w["end"]] for w in ws], device=args.device)
             yield (F.cross_entropy(start, target[:, 0]) + F.cross_entropy(end, target[:, 1])) / 2
 
@@ -347,7 +362,8 @@ def run_cmrc(paths, tok, args):
         em = f1 = 0.0
         for ex, ws in zip(dev, dev_w):
             ids, mask = pad_batch([w["ids"] for w in ws], args.device)
-            start, end = model(ids, mask)
+            with args.autocast:
+                start, end = model(ids, mask)
             score, a, b = max(best_span(start[k].cpu(), end[k].cpu(), w) for k, w in enumerate(ws))
             e, f = cmrc_em_f1(ex["context"][a:b], ex["answers"])
             em, f1 = em + e, f1 + f
@@ -381,15 +397,23 @@ def main(argv=None):
     p.add_argument("--lr", type=float, help="default: the task's CLUE setting")
     p.add_argument("--batch_size", type=int)
     p.add_argument("--max_len", type=int)
+    p.add_argument("--pooling", choices=["cls", "mean"], help="sentence vector (default: the checkpoint's config)")
+    p.add_argument("--dropout", type=float, help="classifier dropout (default: the checkpoint's config)")
     p.add_argument("--doc_stride", type=int, default=128, help="CMRC2018 window stride (tokens)")
     p.add_argument("--max_train_samples", type=int, help="a random subset of the training set (quick runs)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", help="autocast: auto (bf16 where native), float32 or bfloat16")
     p.add_argument("--out", help="results file (default: <model_dir>/results_clue.json)")
     p.add_argument("--progress", type=lambda s: s == "True", default=True)
     args = p.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    try:
+        args.dtype = resolve_dtype(args.device, args.dtype)
+    except ValueError as e:
+        sys.exit(f"eval_clue.py: error: --dtype: {e}")
+    args.autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     try:
         results = evaluate_tasks(args)
     except EvalError as e:
@@ -429,7 +453,7 @@ def evaluate_tasks(args):
     print(table)
     out = args.out or os.path.join(args.model_dir, "results_clue.json")
     write_json(out, dict(model_dir=args.model_dir, init=args.init, seed=args.seed, tasks=results, table=table,
-                         settings={k: v for k, v in vars(args).items() if k not in ("progress",)}))
+                         settings={k: v for k, v in vars(args).items() if k not in ("progress", "autocast")}))
     print(f"wrote {out}")
     return results
 

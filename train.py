@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cmbert import CMBert, config_from_preset, device_peak_flops
+from cmbert import CMBert, config_from_preset, device_peak_flops, resolve_dtype
 
 
 @dataclass
@@ -360,11 +360,10 @@ def main(argv):
         model = torch.compile(model)
     if ddp:
         model = DDP(model, device_ids=[local] if device_type == "cuda" else None)
-    if cfg.dtype == "auto":
-        native = device_type == "cuda" or (device_type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        cfg.dtype = "bfloat16" if native else "float32"
-    if cfg.dtype not in ("float32", "bfloat16"):
-        sys.exit(f"train.py: error: --dtype={cfg.dtype}: auto, float32 or bfloat16")
+    try:
+        cfg.dtype = resolve_dtype(cfg.device, cfg.dtype)
+    except ValueError as e:
+        sys.exit(f"train.py: error: --dtype: {e}")
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
     peak_flops = device_peak_flops(cfg.device, torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32) if master else None
 

@@ -83,6 +83,27 @@ def test_pair_encoding(model_dir):
     assert enc.ids[0] == 2 and enc.ids.count(3) == 2 and enc.type_ids[-1] == 1
 
 
+def test_wsc_marks_spans_in_either_order(tmp_path):
+    row = {"text": "她说小红想看书。", "target": {"span1_text": "小红", "span1_index": 2, "span2_text": "她", "span2_index": 0},
+           "label": "false", "idx": 0}
+    assert eval_clue.mark_wsc(row, "x", 1) == "<她>说[小红]想看书。"
+    row["target"]["span1_index"] = 3
+    with pytest.raises(eval_clue.EvalError, match="x: line 1: span1_text '小红' is not at span1_index 3"):
+        eval_clue.mark_wsc(row, "x", 1)
+
+
+def test_batch_order_is_a_shuffled_partition_of_similar_lengths():
+    lengths = [(i * 37) % 101 for i in range(1000)]
+    batches = eval_clue.batch_order(lengths, 8, seed=0, epoch=0, group=10)
+    assert sorted(int(j) for b in batches for j in b) == list(range(1000))  # every example once per epoch
+    assert all(len(b) == 8 for b in batches)
+    spread = sum(max(lengths[j] for j in b) - min(lengths[j] for j in b) for b in batches) / len(batches)
+    assert spread < 10, "batches group similar lengths (random batches of 8 would spread about 80)"
+    again = eval_clue.batch_order(lengths, 8, seed=0, epoch=0, group=10)
+    assert all(list(a) == list(b) for a, b in zip(batches, again))  # the seed fixes the order
+    assert [list(b) for b in eval_clue.batch_order(lengths, 8, seed=0, epoch=1, group=10)] != [list(b) for b in batches]
+
+
 def test_cmrc_windows_map_answers_back_to_characters(model_dir):
     from tokenizers import Tokenizer
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
