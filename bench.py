@@ -211,7 +211,7 @@ def bench_masking(args):
     from cmbert import CMBert, config_from_preset
     cfg = train.TrainConfig()
     model = CMBert(config_from_preset("tiny", vocab_size=meta["vocab_size"]))
-    opt = model.configure_optimizers(0.01, 1e-3, (0.9, 0.98), "cpu")
+    opt = model.configure_optimizers(0.01, 1e-3, (0.9, 0.98))  # as train.py on a CPU
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     autocast = torch.autocast("cpu", torch.bfloat16, enabled=native)
     t_data = t_step = 0.0

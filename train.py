@@ -344,7 +344,11 @@ def main(argv):
     with torch.no_grad():
         model.decoder.bias.copy_(torch.from_numpy(np.log((counts + 0.1) / (counts + 0.1).sum())))
     model.to(cfg.device)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr_max, (cfg.beta1, cfg.beta2), device_type)
+    # Fused AdamW on CUDA. On a CPU the fused step is ~7x faster but not bitwise the same (~1e-8 per
+    # step), and this short, high-lr recipe is chaotic: one default run ended at val loss 7.77
+    # instead of 7.39 (the losses agree for 10 steps and part at the second lr peak). Unfused on CPU
+    # until that is measured over several seeds.
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr_max, (cfg.beta1, cfg.beta2), fused=device_type == "cuda")
     step = 0
     if ckpt is not None:
         if ckpt["model_config"]["vocab_size"] != meta["vocab_size"]:
