@@ -240,8 +240,8 @@ def pad_batch(seqs, device):
 
 def batch_order(lengths, bs, seed, epoch, group=50):
     """Shuffled batches of similar length: shuffle, sort within groups of `group` batches, shuffle
-    the batches. Short-text tasks then pad a few tokens per row instead of up to the longest in
-    a random batch (about 2x faster here), while every epoch still sees a new random order."""
+    the batches. Rows of a batch then pad to a similar length instead of to the longest of a
+    random draw, while every epoch still sees a new random order."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     batches = []
