@@ -263,27 +263,28 @@ class Encoder(nn.Module):
         cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
         return Layout(pos=pos.flatten()[keep], doc=doc, cu_seqlens=cu, max_seqlen=int(lengths.max()), keep=keep)
 
-    def rotary(self, pos, dtype):
-        """cos/sin for global and local layers, in fp32, cast once to the compute dtype. Read from
-        the config at every call, so a training stage may change the global theta."""
+    def rotary(self, pos, dtype, theta_global):
+        """cos/sin for global and local layers, in fp32, cast once to the compute dtype."""
         D = self.cfg.n_embd // self.cfg.n_head
         out = {}
-        for kind, theta in [("global", self.cfg.rope_theta_global), ("local", self.cfg.rope_theta_local)]:
+        for kind, theta in [("global", theta_global), ("local", self.cfg.rope_theta_local)]:
             inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, device=pos.device, dtype=torch.float32) / D)
             ang = pos.float()[..., None] * inv_freq
             ang = torch.cat((ang, ang), dim=-1)[..., None, None, :]  # broadcast over (q|k, heads)
             out[kind] = (ang.cos().to(dtype), ang.sin().to(dtype))
         return out
 
-    def forward(self, input_ids, attention_mask=None, cu_seqlens=None):
-        """Hidden states (*input_ids.shape, n_embd); padding positions hold meaningless values."""
+    def forward(self, input_ids, attention_mask=None, cu_seqlens=None, rope_theta_global=None):
+        """Hidden states (*input_ids.shape, n_embd); padding positions hold meaningless values.
+        rope_theta_global overrides the config's global RoPE theta for this call: a training stage
+        (context extension) passes its own theta explicitly instead of editing the config."""
         lay = self.layout(input_ids, attention_mask, cu_seqlens)
         ids = input_ids.reshape(lay.doc.shape)
         if lay.keep is not None:  # flash: run on the valid tokens only, no padding anywhere
             ids = ids.flatten()[lay.keep]
         x = self.embeddings(ids)
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        rotary = self.rotary(lay.pos, dtype)
+        rotary = self.rotary(lay.pos, dtype, rope_theta_global or self.cfg.rope_theta_global)
         for block in self.layers:
             x = block(x, lay, rotary)
         x = self.final_norm(x)
@@ -441,11 +442,11 @@ class CMBert(PreTrained):
         self.init_weights()
         self.decoder.weight = self.model.embeddings.tok_embeddings.weight
 
-    def forward(self, input_ids, attention_mask=None, labels=None, cu_seqlens=None):
+    def forward(self, input_ids, attention_mask=None, labels=None, cu_seqlens=None, rope_theta_global=None):
         """Returns (logits, loss). Without labels: logits for every token, (*input_ids.shape, V),
         and loss None. With labels: sparse prediction. The head runs only on the positions whose
         label is not -100, so logits are (n_labelled, V) and loss is their mean cross-entropy."""
-        h = self.model(input_ids, attention_mask, cu_seqlens)
+        h = self.model(input_ids, attention_mask, cu_seqlens, rope_theta_global)
         if labels is None:
             return self.decoder(self.head(h)), None
         sel = labels != -100

@@ -410,10 +410,10 @@ def main(argv):
     while step < cfg.max_steps:
         stage, T, B = stage_of(step, cfg)
         if stage != stage_now:
-            raw_model.cfg.rope_theta_global = cfg.rope_theta_stage1 if stage == 1 else cfg.rope_theta_stage2
+            theta = cfg.rope_theta_stage1 if stage == 1 else cfg.rope_theta_stage2
             if master and (stage_now is not None or stage == 2):  # a switch, or a resume in stage 2
                 tqdm.write(f"step {step}: stage {stage}, sequence length {T}, {B} sequence(s) per micro-step, "
-                           f"global RoPE theta {raw_model.cfg.rope_theta_global:g}")
+                           f"global RoPE theta {theta:g}")
             stage_now = stage
         lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
@@ -426,7 +426,8 @@ def main(argv):
             if ddp:  # synchronise gradients only on the last micro-step
                 model.require_backward_grad_sync = micro == cfg.grad_accum - 1
             with autocast:
-                _, loss = model(inputs.to(cfg.device), labels=labels.to(cfg.device), cu_seqlens=cu.to(cfg.device))
+                _, loss = model(inputs.to(cfg.device), labels=labels.to(cfg.device), cu_seqlens=cu.to(cfg.device),
+                                rope_theta_global=theta)
             (loss / cfg.grad_accum).backward()
             loss_sum += loss.detach().float() / cfg.grad_accum
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
