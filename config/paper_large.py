@@ -7,13 +7,9 @@ preset = "large"
 norm = "rmsnorm"
 compile = True
 max_steps = 250000
-seq_len = 1024
-batch_size = 32
 grad_accum = 16
-stage2_start = 0.9
-stage2_seq_len = 8192
-rope_theta_stage1 = 80000.0
-rope_theta_stage2 = 80000.0
+stages = [dict(start=0.0, seq_len=1024, batch_size=32, rope_theta=80000.0),
+          dict(start=0.9, seq_len=8192, batch_size=4, rope_theta=80000.0)]
 mask_min, mask_max, mask_warmup = 0.15, 0.30, 0.05
 lr_max, lr_min, warmup_steps = 5e-4, 5e-5, 3000
 lr_cycles, lr_damping = 4, 0.5

@@ -19,8 +19,38 @@ SENTENCES = [
 
 
 def make_corpus(n_docs, seed=0):
+    """n_docs distinct documents of 1-6 sentences (prepare.py drops exact duplicates)."""
+    rng, docs = random.Random(seed), {}
+    while len(docs) < n_docs:
+        docs.setdefault("".join(rng.choice(SENTENCES) for _ in range(rng.randint(1, 6))), None)
+    return list(docs)
+
+
+def make_long_corpus(path, n_short=300, n_long=24, paragraphs=60, seed=0):
+    """A blank-line-separated corpus (one document per block): short documents with long ones, of
+    `paragraphs` paragraphs each, spread among them. Returns the documents as prepare.py joins them."""
     rng = random.Random(seed)
-    return ["".join(rng.choice(SENTENCES) for _ in range(rng.randint(1, 6))) for _ in range(n_docs)]
+    short = make_corpus(n_short, seed)
+    docs = []
+    for i, doc in enumerate(short):
+        docs.append(doc)
+        if i % (n_short // n_long) == 0 and len(docs) < n_short + n_long:
+            docs.append("\n".join(f"第{i}篇第{p}段。" + "".join(rng.choice(SENTENCES) for _ in range(3))
+                                   for p in range(paragraphs)))
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return docs
+
+
+@pytest.fixture(scope="session")
+def long_data(tmp_path_factory):
+    """Blank-line documents, some of them a few thousand tokens long (for stages and near/far)."""
+    import prepare
+    src = tmp_path_factory.mktemp("long") / "long.txt"
+    make_long_corpus(src)
+    out = tmp_path_factory.mktemp("data") / "long"
+    prepare.main(["--input", str(src), "--out_dir", str(out), "--vocab_size", "1024", "--doc_format", "blank",
+                  "--quiet", "--workers", "1"])
+    return out
 
 
 @pytest.fixture(scope="session")

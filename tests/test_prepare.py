@@ -3,7 +3,7 @@ import gzip, json, os, subprocess, sys, unicodedata
 
 import numpy as np
 import pytest
-from conftest import ROOT, make_corpus
+from conftest import ROOT, make_corpus, make_long_corpus
 
 import prepare
 
@@ -45,7 +45,7 @@ def test_outputs_and_meta(tiny_data):
         specials = np.isin(ids, [prepare.CLS_ID, prepare.SEP_ID])
         assert flags[specials].all(), "special tokens are single-token units"
     n_docs = sum(1 for _ in documents(*load(tiny_data))) + sum(1 for _ in documents(*load(tiny_data, "val")))
-    assert n_docs == meta["documents"] == 1500
+    assert n_docs == meta["documents"] == 1500 and meta["duplicates_removed"] == 0
     assert 0 < meta["val_documents"] <= 1500 // 4
     assert 0 <= meta["cross_word_token_rate"] < 1 and meta["chars_per_token"] > 1
 
@@ -146,7 +146,7 @@ def test_interrupted_run_leaves_no_meta(tmp_path, corpus_file, monkeypatch):
                   "--workers", "1"])
     assert (out / "meta.json").exists()
 
-    def boom(texts):
+    def boom(*work):
         raise KeyboardInterrupt
     monkeypatch.setattr(prepare, "encode_chunk", boom)
     with pytest.raises(KeyboardInterrupt):
@@ -200,3 +200,71 @@ def test_refuses_a_different_dataset_unless_overwrite(tmp_path):
     assert r.returncode != 0 and "already holds a different dataset" in r.stderr
     assert (out / "meta.json").exists(), "the refusal leaves the old dataset intact"
     assert run_prepare("--input", b, "--out_dir", out, "--overwrite").returncode == 0
+
+
+def decoded_documents(out, split):
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    return [tok.decode(ids.tolist()) for ids, _ in documents(*load(out, split))]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_duplicates_are_removed_and_the_split_is_disjoint(tmp_path, keep):
+    docs = make_corpus(200, seed=5)
+    copies = [d for i, d in enumerate(docs) for _ in range(1 + i % 3)]  # 0, 1 or 2 extra copies each
+    copies[5] = "  " + copies[5] + " "  # equal after normalisation (strip) too
+    src = tmp_path / "dup.txt"
+    src.write_text("\n".join(copies) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    r = run_prepare("--input", src, "--out_dir", out, *(["--keep_duplicates"] if keep else []))
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["documents_read"] == len(copies)
+    assert meta["duplicates_removed"] == (0 if keep else len(copies) - 200)
+    assert meta["documents"] == (len(copies) if keep else 200)
+    train_docs, val_docs = decoded_documents(out, "train"), decoded_documents(out, "val")
+    assert len(train_docs) + len(val_docs) == meta["documents"] and val_docs
+    assert not set(train_docs) & set(val_docs), "no validation document also occurs in train"
+    assert keep or len(set(train_docs)) == len(train_docs)
+
+
+def test_blank_line_documents(tmp_path, long_data):
+    docs = make_long_corpus(tmp_path / "long.txt")
+    meta = json.loads((long_data / "meta.json").read_text())
+    assert meta["documents"] == len(docs) and meta["settings"]["doc_format"] == "blank"
+    stored = decoded_documents(long_data, "train") + decoded_documents(long_data, "val")
+    assert sorted(stored) == sorted(unicodedata.normalize("NFKC", d) for d in docs), "each blank-line block is one document, its lines joined by newlines"
+    assert meta["document_tokens"]["val"]["longest"] > 512, "long documents reach validation too"
+
+
+def test_a_long_document_is_streamed_in_pieces_and_survives_intact(tmp_path, monkeypatch, tiny_data):
+    import train
+    from tokenizers import Tokenizer
+    long_doc = "".join(make_corpus(400, seed=9))  # ~10k characters on one line
+    src = tmp_path / "c.txt"
+    src.write_text("\n".join([long_doc] + make_corpus(60, seed=8)) + "\n", encoding="utf-8")  # first: train
+    args = ["--input", str(src), "--vocab_size", VOCAB, "--quiet", "--workers", "1", "--tokenizer",
+            str(tiny_data / "tokenizer.json"), "--val_fraction", "0.01"]
+    prepare.main(args + ["--out_dir", str(tmp_path / "whole")])
+    # tiny read buffers and pieces: the line arrives in parts, the document flows on in pieces
+    monkeypatch.setattr(prepare, "READ_BYTES", 256)
+    monkeypatch.setattr(prepare, "PIECE_CHARS", 300)
+    pieces = list(prepare.normalized_documents([str(src)], ["text"], "utf-8"))
+    assert max(len(p) for p, _ in pieces) <= 300 and sum(last for _, last in pieces) == 61
+    prepare.main(args + ["--out_dir", str(tmp_path / "pieces")])
+    for name in ["train.bin", "train.words.bin", "val.bin", "val.words.bin"]:
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "pieces" / name).read_bytes(), name
+    ids, flags = load(tmp_path / "pieces")
+    tok = Tokenizer.from_file(str(tiny_data / "tokenizer.json"))
+    want = tok.encode(long_doc, add_special_tokens=False).ids
+    found = [d for d, _ in documents(ids, flags) if len(d) == len(want)]
+    assert found and found[0].tolist() == want and len(want) > 1024, "the long document, whole, in train.bin"
+    # packed across windows: windows inside the document are single sequences; one across its end is cut there
+    meta, data = train.load_data(str(tmp_path / "pieces"))
+    start = int(np.flatnonzero(ids == prepare.CLS_ID)[[len(d) for d, _ in documents(ids, flags)].index(len(want))])
+    _, _, cu = train.make_batch(data["train"], [start + 1, start + 400], [0.15] * 2,
+                                [np.random.default_rng(0)] * 2, meta, 256)
+    assert cu.tolist() == [0, 256, 512]
+    end = start + len(want) + 2  # the next document's [CLS]
+    _, _, cu = train.make_batch(data["train"], [end - 100], [0.15], [np.random.default_rng(0)], meta, 256)
+    assert cu.tolist()[:2] == [0, 100] and cu[-1] == 256

@@ -8,8 +8,15 @@ from conftest import ROOT
 
 import train
 
-SMALL = ["--seq_len=128", "--stage2_seq_len=256", "--batch_size=2", "--eval_windows=2", "--warmup_steps=2",
-         "--progress=False", "--demo=False"]
+SMALL = ["--eval_windows=2", "--warmup_steps=2", "--progress=False", "--demo=False"]
+
+
+def one_stage(T=128, B=2):
+    return f"--stages=[(0, {T}, {B}, 1e4)]"
+
+
+# three stages, each with its own length, batch and global RoPE theta
+THREE = "--stages=[(0, 64, 2, 1e4), (0.4, 128, 1, 4e4), (0.7, 256, 1, 8e4)]"
 
 
 def run_train(*args, env=None, torchrun=0):
@@ -93,11 +100,43 @@ def test_schedules_at_their_defining_points():
     assert {train.mask_rate(s, const) for s in range(0, const.max_steps, 37)} == {0.2}
 
 
-def test_stage_switch_keeps_tokens_per_step():
-    cfg = train.TrainConfig(max_steps=100, stage2_start=0.9, seq_len=1024, batch_size=16, stage2_seq_len=8192)
-    assert train.stage_of(89, cfg) == (1, 1024, 16)
-    assert train.stage_of(90, cfg) == (2, 8192, 2)
-    assert train.step_tokens(100, cfg, world=1) == 100 * 16 * 1024
+def test_stages_are_data():
+    cfg = train.TrainConfig(max_steps=100, stages=[dict(start=0.0, seq_len=1024, batch_size=16, rope_theta=1e4),
+                                                   (0.5, 2048, 8, 4e4), (0.9, 8192, 2, 1.6e5)])
+    assert train.stage_at(49, cfg) == (0, train.Stage(0.0, 1024, 16, 1e4))
+    assert train.stage_at(50, cfg) == (1, train.Stage(0.5, 2048, 8, 4e4))
+    assert train.stage_at(89, cfg)[0] == 1 and train.stage_at(90, cfg) == (2, train.Stage(0.9, 8192, 2, 1.6e5))
+    assert train.step_tokens(100, cfg, world=1) == 50 * 16 * 1024 + 40 * 8 * 2048 + 10 * 2 * 8192
+    assert train.step_tokens(60, cfg, world=2) == 2 * (50 * 16 * 1024 + 10 * 8 * 2048)
+    for bad in [[], [(0.1, 128, 1, 1e4)], [(0, 128, 1, 1e4), (0, 256, 1, 1e4)], [(0, 128, 1, 1e4), (1.0, 256, 1, 1e4)]]:
+        with pytest.raises(ValueError):
+            train.stages(train.TrainConfig(stages=bad))
+
+
+def test_validation_scores_only_masked_positions_with_baselines_on_the_same_positions(data):
+    meta, d = data
+    from cmbert import CMBert, config_from_preset
+    torch.manual_seed(0)
+    model = CMBert(config_from_preset("tiny", n_layer=1, n_embd=32, n_head=2, intermediate_size=32, vocab_size=1024))
+    batches = list(train.val_batches(d, meta, 128, 6, 2))
+    assert len(batches) == 3
+    for inputs, labels, _ in batches:
+        scored = labels != -100
+        assert scored.any() and (inputs[scored] == meta["mask_id"]).all(), "no scored position shows its token"
+    logp = torch.log_softmax(torch.randn(1024, dtype=torch.float64), 0)
+    r = train.evaluate(model, batches, (logp, 7), "cpu", torch.autocast("cpu", enabled=False), 1e4)["all"]
+    targets = torch.cat([labels[labels != -100] for _, labels, _ in batches])
+    assert r["n"] == len(targets)
+    assert r["unigram_ce"] == pytest.approx(-logp[targets].mean().item())
+    assert r["top_acc"] == pytest.approx((targets == 7).double().mean().item())
+    with torch.no_grad():
+        logits = torch.cat([model(i, labels=l, cu_seqlens=c)[0] for i, l, c in batches])
+    assert r["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item(), rel=1e-5)
+    assert r["acc"] == pytest.approx((logits.argmax(-1) == targets).double().mean().item())
+    split = train.evaluate(model, batches, (logp, 7), "cpu", torch.autocast("cpu", enabled=False), 1e4, split_at=40)
+    assert split["near"]["n"] + split["far"]["n"] == r["n"]
+    n_near = sum(int((l[:, :40] != -100).sum()) for _, l, _ in batches)
+    assert split["near"]["n"] == n_near
 
 
 def test_bad_settings_and_data_dir(tmp_path, tiny_data):
@@ -111,9 +150,8 @@ def test_bad_settings_and_data_dir(tmp_path, tiny_data):
     assert r.returncode == 0 and "mask_warmup" in r.stdout
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_data):
-    args = SMALL + [f"--data_dir={tiny_data}", "--max_steps=10", "--stage2_start=0.6", "--ckpt_interval=3",
-                    "--eval_interval=4"]
+def test_three_stages_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, long_data):
+    args = SMALL + [f"--data_dir={long_data}", "--max_steps=10", THREE, "--ckpt_interval=3", "--eval_interval=4"]
     a, b = tmp_path / "a", tmp_path / "b"
     r = run_train(*args, f"--out_dir={a}")
     assert r.returncode == 0, r.stderr
@@ -135,18 +173,25 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_data):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "tok_s"} for r in rows]
     assert strip(read_log(a)) == strip(read_log(b))
-    assert any(r.get("stage") == 2 for r in read_log(b)) and any("val_loss_8k" in r for r in read_log(b))
+    rows = read_log(b)
+    assert [r["seq_len"] for r in rows if "loss" in r] == [64] * 4 + [128] * 3 + [256] * 3
+    # near/far rows of long validation documents at the last stage's length: at each switch and at the end
+    long_rows = [r for r in rows if "far_loss" in r]
+    assert [r["step"] for r in long_rows] == [4, 7, 10] and all(r["long_seq_len"] == 256 for r in long_rows)
+    assert all(r["near_n"] > 0 and r["far_n"] > 0 and r["far_unigram_ce"] > 0 for r in long_rows)
+    assert [r["step"] for r in rows if "val_loss" in r] == [4, 8, 10]
     from cmbert import CMBert
-    assert CMBert.from_pretrained(b).cfg.vocab_size == 1024 and (b / "tokenizer.json").exists()
+    saved = CMBert.from_pretrained(b)
+    assert saved.cfg.vocab_size == 1024 and saved.cfg.rope_theta_global == 8e4, "the model of the last stage"
+    assert (b / "tokenizer.json").exists()
     assert (b / "train.png").stat().st_size > 10000
 
 
 def test_torchrun_two_processes_match_one(tmp_path, tiny_data):
-    common = SMALL[1:] + [f"--data_dir={tiny_data}", "--max_steps=3", "--stage2_start=1.0", "--eval_interval=100",
-                          "--ckpt_interval=100"]
-    r1 = run_train(*common, "--batch_size=4", "--seq_len=128", f"--out_dir={tmp_path / 'one'}")
+    common = SMALL + [f"--data_dir={tiny_data}", "--max_steps=3", "--eval_interval=100", "--ckpt_interval=100"]
+    r1 = run_train(*common, one_stage(128, 4), f"--out_dir={tmp_path / 'one'}")
     assert r1.returncode == 0, r1.stderr
-    r2 = run_train(*common, "--batch_size=2", "--seq_len=128", f"--out_dir={tmp_path / 'two'}", torchrun=2)
+    r2 = run_train(*common, one_stage(128, 2), f"--out_dir={tmp_path / 'two'}", torchrun=2)
     assert r2.returncode == 0, r2.stderr
     assert "2 process(es)" in r2.stdout
     one = [r["loss"] for r in read_log(tmp_path / "one") if "loss" in r]
@@ -158,7 +203,7 @@ def test_torchrun_two_processes_match_one(tmp_path, tiny_data):
 
 def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tmp_path, tiny_data):
     out = tmp_path / "out"
-    args = SMALL + [f"--data_dir={tiny_data}", "--max_steps=40", "--stage2_start=1.0", "--ckpt_interval=2",
+    args = SMALL + [f"--data_dir={tiny_data}", "--max_steps=40", one_stage(), "--ckpt_interval=2",
                     "--eval_interval=100", "--max_bad_steps=2", f"--out_dir={out}"]
     r = run_train(*args, "--lr_max=1e30", "--grad_clip=0", "--warmup_steps=1", "--weight_decay=0.0")
     assert r.returncode != 0 and "non-finite steps in a row" in r.stderr, r.stderr[-500:]
