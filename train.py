@@ -24,7 +24,7 @@ class TrainConfig:
     out_dir: str = "out"
     # model (a preset of cmbert.py, plus the knobs a student may want to turn)
     preset: str = "tiny"
-    norm: str = "rmsnorm"            # the paper's RMSNorm; "layernorm" = ModernBERT exactly (save_hf works)
+    norm: str = "rmsnorm"            # the paper's RMSNorm; "layernorm" = ModernBERT exactly (exports without remote code)
     attn_backend: str = "auto"       # auto | flash | torch
     compile: bool = False            # torch.compile the model
     dtype: str = "auto"              # autocast: auto = bf16 on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32; or float32 | bfloat16
@@ -65,8 +65,8 @@ class TrainConfig:
 
 
 def parse_args(argv):
-    """Config files (config/*.py, plain assignments), then --name=value overrides, typed by the
-    dataclass. Returns (config, the names set explicitly)."""
+    """Config files (config/*.py, plain assignments), then --name=value (or --name value) overrides,
+    typed by the dataclass. Returns (config, the names set explicitly)."""
     types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     values = {}
 
@@ -82,15 +82,21 @@ def parse_args(argv):
             sys.exit(f"train.py: error: {where}: {name} must be {typ.__name__}, got {value!r}")
         values[name] = value
 
-    for arg in argv:
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
         if arg in ("-h", "--help"):
             src = inspect.getsource(TrainConfig).split("\n", 2)[2]
-            print(__doc__.strip() + "\n\nSettings (override with --name=value; booleans True/False):\n" + src)
+            print(__doc__.strip() + "\n\nSettings and their defaults (override with --name=value or --name value; "
+                  "booleans True/False):\n" + src)
             sys.exit(0)
         if arg.startswith("--"):
             name, eq, raw = arg[2:].partition("=")
-            if not eq:
-                sys.exit(f"train.py: error: {arg}: write settings as --name=value")
+            if not eq:  # --name value: the value is the next argument
+                if not args or args[0].startswith("--"):
+                    sys.exit(f"train.py: error: {arg}: no value (write --{name}=value or --{name} value)")
+                raw = args.pop(0)
+                arg = f"{arg} {raw}"
             try:
                 value = raw if types.get(name) is str else ast.literal_eval(raw)
             except (ValueError, SyntaxError):
@@ -103,7 +109,7 @@ def parse_args(argv):
                 if not name.startswith("_"):
                     put(name, value, arg)
         else:
-            sys.exit(f"train.py: error: {arg!r} is neither a config file nor --name=value")
+            sys.exit(f"train.py: error: {arg!r} is neither a config file nor --name=value / --name value")
     return TrainConfig(**values), set(values)
 
 
