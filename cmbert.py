@@ -1,7 +1,7 @@
 """
 Chinese ModernBERT: the encoder, its masked-LM and classification heads, in one file.
 
-The architecture is ModernBERT's (DESIGN.md §2) with the choices of Chinese ModernBERT
+The architecture is ModernBERT's (docs/method.md §6-7) with the choices of Chinese ModernBERT
 (Zhao et al., 2025): pre-norm blocks with RMSNorm (or ModernBERT's bias-free LayerNorm),
 no biases in linear layers, GeGLU, RoPE with its own theta for global and local layers, and
 local (sliding-window, 128 tokens) attention in all layers but every third one.
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 @dataclass
 class CMBertConfig:
-    vocab_size: int = 32000            # a multiple of 64 (DESIGN.md §1)
+    vocab_size: int = 32000            # a multiple of 64 (docs/method.md §1)
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 256
@@ -47,6 +47,9 @@ class CMBertConfig:
 
     def __post_init__(self):
         assert self.n_embd % self.n_head == 0, "n_embd must be a multiple of n_head"
+        # The last layer must be global: its output is what the MLM head reads and what embeddings
+        # average, and a local last layer would mix only +-64 neighbours into it after the last
+        # global layer gathered the whole document (docs/method.md §6). So n_layer = 4, 7, ..., 22, 28.
         assert (self.n_layer - 1) % self.global_every == 0, \
             f"n_layer={self.n_layer}: the last layer must be global ((n_layer - 1) % global_every == 0)"
         assert self.local_window % 2 == 0 and self.local_window > 0, "local_window must be even"

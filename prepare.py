@@ -11,7 +11,7 @@ Output (in --out_dir, default data/default/):
     meta.json                written last: a directory without it is incomplete and train.py refuses it
 
 Whole-word units come from jieba (precise mode) and are aligned with the BPE tokens by character
-offsets (DESIGN.md §3): a token begins a unit iff its first character begins a jieba word, so a
+offsets (docs/method.md §2): a token begins a unit iff its first character begins a jieba word, so a
 token that crosses a word boundary glues the words it touches into one unit. Training never has
 to run a tokenizer or a segmenter again.
 """
@@ -265,6 +265,11 @@ def encode_chunk(texts):
     starts[1:n_chars][np.isin(chars[:-1], WHITESPACE)] = False
     starts[doc_start] = True
 
+    # In plain words: jieba cut the text into words, BPE cut it into tokens; both cuts are lists of
+    # character spans. A token begins a masking unit iff a jieba word begins at its first character.
+    # Example: jieba 我们|一起|去, BPE 我|们一|起|去 -> 我 begins a unit, 们一 and 起 do not (no word
+    # begins at 们 or 起), 去 does: the units are 我们一起 and 去. A crossing token glues words, never
+    # splits one (docs/method.md §2).
     n_tok = np.asarray(n_tok, np.int64)
     ids = np.asarray(ids, np.int64)
     off = np.asarray(offsets, np.int64).reshape(-1, 2) + np.repeat(doc_start, n_tok)[:, None]

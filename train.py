@@ -41,7 +41,7 @@ class TrainConfig:
     mask_min: float = 0.15
     mask_max: float = 0.30           # = mask_min for a constant rate
     mask_warmup: float = 0.05        # fraction of max_steps (the paper's S_w is unconfirmed)
-    # damped-cosine learning rate (DESIGN.md §1) after a linear warm-up
+    # damped-cosine learning rate (docs/method.md §4) after a linear warm-up
     lr_max: float = 3e-3
     lr_min: float = 3e-4
     warmup_steps: int = 50
@@ -125,7 +125,7 @@ def mask_rate(step, cfg):
 
 def learning_rate(step, cfg):
     """Linear warm-up, then eta(p) = (P + V)/2 + (P - V)/2 cos(pi (2N - 1) p) with decaying peaks
-    P(p) = lr_max (1 - (1 - gamma) p) and valleys V(p) = lr_max/2 (1 - p) + lr_min p (DESIGN.md §1)."""
+    P(p) = lr_max (1 - (1 - gamma) p) and valleys V(p) = lr_max/2 (1 - p) + lr_min p (docs/method.md §4)."""
     if step < cfg.warmup_steps:
         return cfg.lr_max * (step + 1) / cfg.warmup_steps
     p = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
@@ -169,12 +169,16 @@ def window(ids, flags, start, T):
 def whole_word_mask(ids, flags, rate, rng, meta):
     """Mask whole-word units of one window until `rate` of its non-special tokens are covered.
     The 80/10/10 rule ([MASK] / random token / unchanged) is decided per unit, not per token, so a
-    word is never half [MASK] (BERT decides per token; DESIGN.md §3 allows either). Vectorised."""
+    word is never half [MASK] (BERT decides per token; docs/method.md §2). Vectorised."""
     unit = np.cumsum(flags) - 1                      # unit index of every token
     special = ids <= meta["mask_id"]                 # [PAD] [UNK] [CLS] [SEP] [MASK]: never masked
     n_units = unit[-1] + 1
     length = np.bincount(unit, minlength=n_units)
     eligible = np.bincount(unit, weights=special, minlength=n_units) == 0
+    # In plain words: shuffle the units, then walk down the shuffled list adding up their token
+    # counts, and stop before the first unit that would carry the count further from the target
+    # than leaving it out (a unit of length l is taken iff the count before it is <= target - l/2).
+    # covered - length/2 only grows along the list, so one searchsorted finds where to stop.
     order = rng.permutation(np.flatnonzero(eligible))
     covered = np.cumsum(length[order])
     target = rate * (~special).sum()
