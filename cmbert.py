@@ -378,10 +378,11 @@ class PreTrained(nn.Module):
         path = os.path.join(model_dir, "model.safetensors")
         sd = load_weights(path)
         own = {k: v for k, v in model.state_dict().items() if k != "decoder.weight"}  # tied: not stored
-        # The other model class's part is not this one's business: an MLM folder has a decoder bias
-        # a classifier does not use; a fine-tuned classifier folder has a classifier an MLM ignores.
-        # A fresh classifier is what fine-tuning starts from, so it may be missing.
-        other = lambda k: k.startswith(("decoder.", "classifier.")) and k not in own
+        # The encoder must match exactly. Another model class's head is not this one's business: an
+        # MLM folder has a head and decoder a classifier or span model does not use; a fine-tuned
+        # classifier folder has a classifier an MLM ignores. A fresh classifier is what fine-tuning
+        # starts from, so it may be missing.
+        other = lambda k: k.split(".")[0] in ("head", "decoder", "classifier") and k not in own
         unknown = [k for k in sd if k not in own and not other(k)]
         missing = [k for k in own if k not in sd and not k.startswith("classifier.")]
         wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
