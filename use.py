@@ -140,11 +140,11 @@ def export(model, model_dir, out_dir):
     model.save_hf(out_dir, os.path.join(model_dir, "tokenizer.json"))
     remote = model.cfg.norm != "layernorm"
     arg = ", trust_remote_code=True" if remote else ""
-    print(f"wrote {out_dir}/ ({'cmbert code, loads with trust_remote_code=True' if remote else 'transformers ModernBertForMaskedLM'}). "
+    print(f"wrote {out_dir}/ ({'cmbert code inside: load with trust_remote_code=True' if remote else 'transformers ModernBertForMaskedLM'}). "
           f"Use it with:\n"
-          f"  from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline\n"
-          f"  model = AutoModelForMaskedLM.from_pretrained({out_dir!r}{arg})\n"
-          f"  print(pipeline('fill-mask', model=model, tokenizer=AutoTokenizer.from_pretrained({out_dir!r}))('北京是中国的[MASK]。'))")
+          f"  from transformers import pipeline\n"
+          f"  fill = pipeline('fill-mask', model={out_dir!r}{arg})\n"
+          f"  print(fill('北京是中国的[MASK]。'))")
 
 
 def main(argv=None):
