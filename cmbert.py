@@ -1,7 +1,7 @@
 """
 Chinese ModernBERT: the encoder, its masked-LM and classification heads, in one file.
 
-The architecture is ModernBERT's (DESIGN.md §2) with the choices of Chinese ModernBERT
+The architecture is ModernBERT's (docs/method.md §6-7) with the choices of Chinese ModernBERT
 (Zhao et al., 2025): pre-norm blocks with RMSNorm (or ModernBERT's bias-free LayerNorm),
 no biases in linear layers, GeGLU, RoPE with its own theta for global and local layers, and
 local (sliding-window, 128 tokens) attention in all layers but every third one.
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 @dataclass
 class CMBertConfig:
-    vocab_size: int = 32000            # a multiple of 64 (DESIGN.md §1)
+    vocab_size: int = 32000            # a multiple of 64 (docs/method.md §1)
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 256
@@ -47,6 +47,9 @@ class CMBertConfig:
 
     def __post_init__(self):
         assert self.n_embd % self.n_head == 0, "n_embd must be a multiple of n_head"
+        # The last layer must be global: its output is what the MLM head reads and what embeddings
+        # average, and a local last layer would mix only +-64 neighbours into it after the last
+        # global layer gathered the whole document (docs/method.md §6). So n_layer = 4, 7, ..., 22, 28.
         assert (self.n_layer - 1) % self.global_every == 0, \
             f"n_layer={self.n_layer}: the last layer must be global ((n_layer - 1) % global_every == 0)"
         assert self.local_window % 2 == 0 and self.local_window > 0, "local_window must be even"
@@ -356,30 +359,66 @@ class PreTrained(nn.Module):
         return sd
 
     def save_pretrained(self, out_dir):
-        from safetensors.torch import save_file
+        """model.safetensors, then config.json (written last: a folder without it is incomplete)."""
         os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, "model.safetensors")
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict_clean().items()}, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        save_weights(self, os.path.join(out_dir, "model.safetensors"))
         write_json(os.path.join(out_dir, "config.json"), asdict(self.cfg))
 
     @classmethod
     def from_pretrained(cls, model_dir, **kwargs):
-        """Load a directory written by save_pretrained; kwargs override config fields
-        (e.g. attn_backend) or go to the constructor (e.g. num_labels)."""
-        from safetensors.torch import load_file
+        """Load a folder written by save_pretrained or save_hf (either norm), or a transformers
+        ModernBERT folder; kwargs override config fields that do not shape the weights (e.g.
+        attn_backend, dropout) or go to the constructor (e.g. num_labels). A folder that cannot be
+        loaded exactly is refused with one line (ValueError / FileNotFoundError naming the file):
+        a config.json that is not a cmbert or ModernBERT config, an unreadable model.safetensors,
+        or tensors whose names or shapes differ from what config.json describes."""
         names = {f.name for f in fields(CMBertConfig)}
         cfg = load_config(model_dir, **{k: v for k, v in kwargs.items() if k in names})
-        if not os.path.exists(os.path.join(model_dir, "model.safetensors")):
-            raise FileNotFoundError(f"{model_dir}: no model.safetensors (not a directory written by save_pretrained)")
         model = cls(cfg, **{k: v for k, v in kwargs.items() if k not in names})
-        sd = {k.replace("_orig_mod.", ""): v for k, v in load_file(os.path.join(model_dir, "model.safetensors")).items()}
-        own = model.state_dict()
-        missing = [k for k in own if k not in sd and k != "decoder.weight" and not k.startswith("classifier.")]
+        path = os.path.join(model_dir, "model.safetensors")
+        sd = load_weights(path)
+        own = {k: v for k, v in model.state_dict().items() if k != "decoder.weight"}  # tied: not stored
+        # The encoder must match exactly. Another model class's head is not this one's business: an
+        # MLM folder has a head and decoder a classifier or span model does not use; a fine-tuned
+        # classifier folder has a classifier an MLM ignores. A fresh classifier is what fine-tuning
+        # starts from, so it may be missing.
+        other = lambda k: k.split(".")[0] in ("head", "decoder", "classifier") and k not in own
+        unknown = [k for k in sd if k not in own and not other(k)]
+        missing = [k for k in own if k not in sd and not k.startswith("classifier.")]
+        wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+        more = lambda xs: f" (and {len(xs) - 1} more)" if len(xs) > 1 else ""
+        if unknown:
+            raise ValueError(f"{path}: tensor {unknown[0]!r}{more(unknown)} is not part of the model that "
+                             f"config.json describes; the weights do not match the config")
         if missing:
-            raise ValueError(f"{model_dir}: model.safetensors lacks {', '.join(missing[:3])}")
+            raise ValueError(f"{path}: no tensor {missing[0]!r}{more(missing)}, which the model that config.json "
+                             f"describes needs; the weights do not match the config")
+        if wrong:
+            k = wrong[0]
+            raise ValueError(f"{path}: {k} has shape {tuple(sd[k].shape)}, config.json's model needs "
+                             f"{tuple(own[k].shape)}; the weights do not match the config")
         model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
         return model
+
+
+def save_weights(model, path):
+    """A model's clean state dict as safetensors, under a temporary name until it is complete."""
+    from safetensors.torch import save_file
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict_clean().items()}
+    save_file(sd, path + ".tmp", metadata={"format": "pt"})  # "format": what transformers checks for
+    os.replace(path + ".tmp", path)
+
+
+def load_weights(path):
+    """The tensors of a model.safetensors (compiled models' `_orig_mod.` prefixes removed)."""
+    from safetensors.torch import load_file
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file (not a folder written by save_pretrained or save_hf)")
+    try:
+        sd = load_file(path)
+    except Exception as e:  # safetensors raises its own error type for truncated or garbled files
+        raise ValueError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return {k.replace("_orig_mod.", ""): v for k, v in sd.items()}
 
 
 def resolve_dtype(device, dtype="auto"):
@@ -414,21 +453,119 @@ def device_peak_flops(device, dtype=torch.float32):
     return None
 
 
+# Config fields that shape the weights or change what they compute: a saved folder fixes them.
+WEIGHT_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "intermediate_size", "norm")
+
+
 def load_config(model_dir, **overrides):
-    """The CMBertConfig saved in model_dir/config.json, with overrides (e.g. attn_backend)."""
+    """The CMBertConfig of a model folder, from its config.json: cmbert's own (save_pretrained),
+    an export (save_hf: model_type "cmbert" for RMSNorm, "modernbert" for LayerNorm), or any
+    transformers ModernBERT config that this code computes exactly (read as norm="layernorm").
+    Overrides change the other fields (attn_backend, dropout, pooling); refuses anything else."""
     path = os.path.join(model_dir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{model_dir}: no config.json (not a directory written by save_pretrained)")
-    with open(path) as f:
-        saved = json.load(f)
+        raise FileNotFoundError(f"{path}: no such file (not a folder written by save_pretrained or save_hf)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: not a cmbert config (a JSON object is expected)")
     names = {f.name for f in fields(CMBertConfig)}
-    return CMBertConfig(**{**{k: v for k, v in saved.items() if k in names}, **overrides})
+    kind = saved.get("model_type")
+    if kind == "modernbert":
+        values = config_from_modernbert(saved, path)
+    elif kind in ("cmbert", None):
+        unknown = sorted(set(saved) - names)
+        if kind is None and unknown:  # cmbert's own config.json holds CMBertConfig's fields and nothing else
+            raise ValueError(f"{path}: not a cmbert config (unknown key {unknown[0]!r})")
+        values = {k: v for k, v in saved.items() if k in names}
+        absent = [k for k in WEIGHT_FIELDS if k not in values]
+        if absent:
+            raise ValueError(f"{path}: not a cmbert config (no {absent[0]!r})")
+    else:
+        raise ValueError(f"{path}: model_type {kind!r} is neither a cmbert nor a ModernBERT config")
+    for k in WEIGHT_FIELDS:
+        if k in overrides and overrides[k] != values[k]:
+            raise ValueError(f"{path}: says {k}={values[k]!r}; the weights cannot be loaded exactly as {k}={overrides[k]!r}")
+    try:
+        return CMBertConfig(**{**values, **overrides})
+    except (AssertionError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: invalid config ({e})") from None
+
+
+def config_from_modernbert(c, path):
+    """CMBertConfig fields from a transformers ModernBertConfig dict (v4 or v5 keys; missing keys
+    take transformers' defaults). With norm="layernorm" our model computes exactly what
+    ModernBertForMaskedLM computes, as long as the options below have ModernBERT's default values."""
+    exact = dict(norm_bias=False, attention_bias=False, mlp_bias=False, classifier_bias=False, decoder_bias=True,
+                 hidden_activation="gelu", classifier_activation="gelu", tie_word_embeddings=True)
+    for k, want in exact.items():
+        if c.get(k, want) != want:
+            raise ValueError(f"{path}: {k}={c[k]!r}; cmbert computes ModernBERT only with {k}={want!r}")
+    n_layer, every = c.get("num_hidden_layers", 22), c.get("global_attn_every_n_layers", 3)
+    types = c.get("layer_types") or ["full_attention" if i % every == 0 else "sliding_attention" for i in range(n_layer)]
+    if types != ["full_attention" if i % every == 0 else "sliding_attention" for i in range(n_layer)]:
+        raise ValueError(f"{path}: layer_types is not 'every {every}th layer global from layer 0', the only layout cmbert has")
+    rope = c.get("rope_parameters") or {}
+    theta = {}
+    for kind, old_key, default in [("full_attention", "global_rope_theta", 160000.0),
+                                   ("sliding_attention", "local_rope_theta", 10000.0)]:
+        p = rope.get(kind, {})
+        if p.get("rope_type", "default") != "default":
+            raise ValueError(f"{path}: rope_type {p['rope_type']!r} for {kind}; cmbert has plain RoPE only")
+        theta[kind] = float(p.get("rope_theta", c.get(old_key, default)))
+    d = CMBertConfig()
+    return dict(vocab_size=c.get("vocab_size", 50368), n_layer=n_layer, n_head=c.get("num_attention_heads", 12),
+                n_embd=c.get("hidden_size", 768), intermediate_size=c.get("intermediate_size", 1152),
+                local_window=c.get("local_attention", 128), global_every=every,
+                rope_theta_global=theta["full_attention"], rope_theta_local=theta["sliding_attention"],
+                norm="layernorm", norm_eps=c.get("norm_eps", 1e-5), max_seq_len=c.get("max_position_embeddings", 8192),
+                embd_dropout=c.get("embedding_dropout", 0.0), attn_dropout=c.get("attention_dropout", 0.0),
+                mlp_dropout=c.get("mlp_dropout", 0.0), classifier_dropout=c.get("classifier_dropout", 0.0),
+                classifier_pooling=c.get("classifier_pooling", "cls"),
+                pad_id=c.get("pad_token_id", d.pad_id), cls_id=c.get("cls_token_id", d.cls_id),
+                sep_id=c.get("sep_token_id", d.sep_id), mask_id=c.get("mask_token_id", d.mask_id))
 
 
 def write_json(path, obj):
-    with open(path + ".tmp", "w") as f:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
     os.replace(path + ".tmp", path)
+
+
+def copy_file(src, dst):
+    """Copy under a temporary name, then rename: a reader never sees half a file."""
+    import shutil
+    shutil.copyfile(src, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+
+
+SPECIAL_TOKENS = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+
+def save_tokenizer(out_dir, tokenizer_file, cfg):
+    """tokenizer.json plus what transformers' AutoTokenizer needs besides it: the names of the special
+    tokens (padding, fill-mask), the longest input, and the inputs the model takes (no
+    token_type_ids: the model has no segment embedding)."""
+    from tokenizers import Tokenizer
+    try:
+        tok = Tokenizer.from_file(str(tokenizer_file))
+    except Exception as e:
+        raise ValueError(f"{tokenizer_file}: not a tokenizers tokenizer.json ({str(e).splitlines()[0]})") from None
+    for name, want in [("pad_token", cfg.pad_id), ("cls_token", cfg.cls_id), ("sep_token", cfg.sep_id), ("mask_token", cfg.mask_id)]:
+        got = tok.token_to_id(SPECIAL_TOKENS[name])
+        if got != want:
+            raise ValueError(f"{tokenizer_file}: {SPECIAL_TOKENS[name]} has id {got}, the model's config says {want}")
+    if tok.get_vocab_size() > cfg.vocab_size:
+        raise ValueError(f"{tokenizer_file}: {tok.get_vocab_size()} tokens, more than the model's vocab_size {cfg.vocab_size}")
+    copy_file(str(tokenizer_file), os.path.join(out_dir, "tokenizer.json"))
+    write_json(os.path.join(out_dir, "special_tokens_map.json"), SPECIAL_TOKENS)
+    write_json(os.path.join(out_dir, "tokenizer_config.json"), dict(
+        tokenizer_class="PreTrainedTokenizerFast", **SPECIAL_TOKENS, model_max_length=cfg.max_seq_len,
+        model_input_names=["input_ids", "attention_mask"], padding_side="right", truncation_side="right",
+        clean_up_tokenization_spaces=False))
 
 
 class CMBert(PreTrained):
@@ -456,30 +593,44 @@ class CMBert(PreTrained):
         return logits, loss
 
     def save_hf(self, out_dir, tokenizer_file=None):
-        """Write a folder that transformers.AutoModelForMaskedLM loads as ModernBertForMaskedLM."""
+        """Write a folder that Hugging Face transformers loads (AutoModel, AutoModelForMaskedLM,
+        AutoModelForSequenceClassification), with the complete tokenizer when tokenizer_file is given.
+        norm="layernorm": transformers' own ModernBertForMaskedLM, the same architecture, no remote code.
+        norm="rmsnorm": ModernBERT has no RMSNorm, so the folder carries this file and hf_cmbert.py
+        (transformers' interfaces around the classes above) and loads with trust_remote_code=True."""
         cfg = self.cfg
-        if cfg.norm != "layernorm":
-            raise ValueError("save_hf needs norm='layernorm': transformers' ModernBERT has no RMSNorm")
-        from safetensors.torch import save_file
         os.makedirs(out_dir, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict_clean().items()},
-                  os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-        layer_types = ["full_attention" if cfg.is_global(i) else "sliding_attention" for i in range(cfg.n_layer)]
-        write_json(os.path.join(out_dir, "config.json"), dict(
-            architectures=["ModernBertForMaskedLM"], model_type="modernbert", vocab_size=cfg.vocab_size,
-            hidden_size=cfg.n_embd, intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.n_layer,
-            num_attention_heads=cfg.n_head, hidden_activation="gelu", max_position_embeddings=cfg.max_seq_len,
-            norm_eps=cfg.norm_eps, norm_bias=False, attention_bias=False, mlp_bias=False, decoder_bias=True,
-            classifier_activation="gelu", classifier_bias=False, tie_word_embeddings=True,
-            local_attention=cfg.local_window, layer_types=layer_types, global_attn_every_n_layers=cfg.global_every,
-            rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta_global},
-                             "sliding_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta_local}},
-            global_rope_theta=cfg.rope_theta_global, local_rope_theta=cfg.rope_theta_local,  # transformers 4.x
-            pad_token_id=cfg.pad_id, cls_token_id=cfg.cls_id, sep_token_id=cfg.sep_id, bos_token_id=cfg.cls_id,
-            eos_token_id=cfg.sep_id, mask_token_id=cfg.mask_id))
+        ids = dict(pad_token_id=cfg.pad_id, cls_token_id=cfg.cls_id, sep_token_id=cfg.sep_id, bos_token_id=cfg.cls_id,
+                   eos_token_id=cfg.sep_id, mask_token_id=cfg.mask_id)
+        if cfg.norm == "layernorm":
+            layer_types = ["full_attention" if cfg.is_global(i) else "sliding_attention" for i in range(cfg.n_layer)]
+            config = dict(
+                architectures=["ModernBertForMaskedLM"], model_type="modernbert", vocab_size=cfg.vocab_size,
+                hidden_size=cfg.n_embd, intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.n_layer,
+                num_attention_heads=cfg.n_head, hidden_activation="gelu", max_position_embeddings=cfg.max_seq_len,
+                norm_eps=cfg.norm_eps, norm_bias=False, attention_bias=False, mlp_bias=False, decoder_bias=True,
+                classifier_activation="gelu", classifier_bias=False, classifier_pooling=cfg.classifier_pooling,
+                classifier_dropout=cfg.classifier_dropout, embedding_dropout=cfg.embd_dropout,
+                attention_dropout=cfg.attn_dropout, mlp_dropout=cfg.mlp_dropout, tie_word_embeddings=True,
+                local_attention=cfg.local_window, layer_types=layer_types, global_attn_every_n_layers=cfg.global_every,
+                rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta_global},
+                                 "sliding_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta_local}},
+                global_rope_theta=cfg.rope_theta_global, local_rope_theta=cfg.rope_theta_local,  # transformers 4.x
+                **ids)
+        else:
+            here = os.path.dirname(os.path.abspath(__file__))
+            for name in ("cmbert.py", "hf_cmbert.py"):
+                copy_file(os.path.join(here, name), os.path.join(out_dir, name))
+            config = dict(
+                architectures=["HFCMBertForMaskedLM"], model_type="cmbert",
+                auto_map={"AutoConfig": "hf_cmbert.HFCMBertConfig", "AutoModel": "hf_cmbert.HFCMBertModel",
+                          "AutoModelForMaskedLM": "hf_cmbert.HFCMBertForMaskedLM",
+                          "AutoModelForSequenceClassification": "hf_cmbert.HFCMBertForSequenceClassification"},
+                **{**asdict(cfg), "attn_backend": "auto"}, tie_word_embeddings=True, **ids)
         if tokenizer_file:
-            import shutil
-            shutil.copy(tokenizer_file, os.path.join(out_dir, "tokenizer.json"))
+            save_tokenizer(out_dir, tokenizer_file, cfg)
+        save_weights(self, os.path.join(out_dir, "model.safetensors"))
+        write_json(os.path.join(out_dir, "config.json"), config)  # last: the folder is complete
 
 
 class CMBertForSequenceClassification(PreTrained):

@@ -1,7 +1,7 @@
 """
 Fine-tune a checkpoint on the CLUE benchmark under one protocol and print a results table.
 
-    python eval_clue.py --model_dir out --data_dir ../shared/data/clue --tasks afqmc,tnews,cluewsc2020
+    python eval_clue.py --model_dir out --data_dir path/to/clue --tasks afqmc,tnews,cluewsc2020
     python eval_clue.py --model_dir out --data_dir clue --tasks all --init random   # the no-pre-training baseline
 
 data_dir holds the official layout (afqmc_public/, tnews_public/, iflytek_public/, ocnli_public/,
@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from cmbert import CMBertForSequenceClassification, Encoder, PreTrained, load_config, resolve_dtype, write_json
 
-# Per-task defaults from the CLUE baselines (DESIGN.md §4): files, input kind, epochs, lr, batch, length.
+# Per-task defaults from the CLUE baselines (CLUE's run scripts): files, input kind, epochs, lr, batch, length.
 TASKS = {
     "afqmc": dict(folder="afqmc_public", kind="pair", epochs=3, lr=2e-5, batch=32, max_len=128),
     "tnews": dict(folder="tnews_public", kind="single", epochs=3, lr=2e-5, batch=32, max_len=128),

