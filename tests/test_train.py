@@ -100,6 +100,12 @@ def test_schedules_at_their_defining_points():
     assert {train.mask_rate(s, const) for s in range(0, const.max_steps, 37)} == {0.2}
 
 
+def test_config_tiny_is_the_default_run():
+    default, _ = train.parse_args([])
+    tiny, set_there = train.parse_args([os.path.join(ROOT, "config", "tiny.py")])
+    assert tiny == default and {"stages", "max_steps", "lr_max"} <= set_there
+
+
 def test_stages_are_data():
     cfg = train.TrainConfig(max_steps=100, stages=[dict(start=0.0, seq_len=1024, batch_size=16, rope_theta=1e4),
                                                    (0.5, 2048, 8, 4e4), (0.9, 8192, 2, 1.6e5)])
