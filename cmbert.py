@@ -12,7 +12,7 @@ Two ways to feed a batch, which give the same outputs for the same documents:
            input_ids (N,), or (B, T) when every row boundary is also a document boundary.
 Attention never crosses a document and RoPE positions restart at each document.
 """
-import json, math, os
+import contextlib, json, math, os, tempfile
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -355,13 +355,14 @@ class PreTrained(nn.Module):
         sd.pop("decoder.weight", None)
         return sd
 
-    def save_pretrained(self, out_dir):
+    def save_pretrained(self, out_dir, extra_config=None):
+        """model.safetensors, then config.json (+ extra_config, e.g. the tokenizer's sha256)."""
         from safetensors.torch import save_file
         os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(out_dir, "model.safetensors")
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict_clean().items()}, path + ".tmp")
-        os.replace(path + ".tmp", path)
-        write_json(os.path.join(out_dir, "config.json"), asdict(self.cfg))
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict_clean().items()}, tmp)
+        write_json(os.path.join(out_dir, "config.json"), {**asdict(self.cfg), **(extra_config or {})})
 
     @classmethod
     def from_pretrained(cls, model_dir, **kwargs):
@@ -425,10 +426,34 @@ def load_config(model_dir, **overrides):
     return CMBertConfig(**{**{k: v for k, v in saved.items() if k in names}, **overrides})
 
 
+_UMASK = os.umask(0o22)  # read the process' umask (setting it is the only way), then restore it
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a new temporary file next to `path` to write; when the block succeeds it replaces `path`
+    in one rename, so a reader sees the old file or the new one, never a part. The temporary name is
+    unpredictable and created exclusively (mkstemp), so a file or link someone placed there is never
+    followed or overwritten; on any error or interrupt the temporary file is removed."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the result gets the usual mode
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+
 def write_json(path, obj):
-    with open(path + ".tmp", "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
-    os.replace(path + ".tmp", path)
 
 
 class CMBert(PreTrained):
