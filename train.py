@@ -387,20 +387,21 @@ def load_checkpoint(path, cfg, explicit):
     if version != CKPT_FORMAT:
         fail(f"{path}: checkpoint format {version}, written by another version of train.py (this one reads {CKPT_FORMAT})")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    missing = [k for k in ("model", "optimizer", "step", "config", "model_config", "rng", "tokenizer_sha256")
-               if k not in ckpt]
-    if missing or not isinstance(ckpt["config"], dict) or set(ckpt["config"]) - names:
-        fail(f"{path}: damaged or from another version of train.py "
-             f"({'lacks ' + missing[0] if missing else 'unknown settings in it'})")
+    parts = ("config", "model_config", "model", "optimizer", "rng")
+    fault = (next((f"lacks {k}" for k in (*parts, "step", "tokenizer_sha256") if k not in ckpt), None)
+             or next((f"its {k} is not a mapping" for k in parts if not isinstance(ckpt[k], dict)), None)
+             or ("it has unknown settings" if set(ckpt["config"]) - names else None))
+    if fault:
+        fail(f"{path}: damaged or written by another version of train.py ({fault})")
     saved = {k: v for k, v in ckpt["config"].items() if k not in explicit | FROM_COMMAND_LINE}
     cfg = dataclasses.replace(cfg, **saved)
     validate_config(cfg, where=f"{path}: setting")
     return ckpt, cfg
 
 
-def restore_checkpoint(ckpt, path, model, optimizer, mcfg, meta):
-    """Put the checkpoint's state into the model, optimiser and RNG; refuse a checkpoint of another
-    model or of another tokenizer (ids that mean other text) with one line. Returns its step."""
+def check_checkpoint_fits(ckpt, path, mcfg, meta):
+    """Before the model is built: refuse a checkpoint of another model or of another tokenizer (its
+    token ids would mean other text), although the vocabulary sizes may agree."""
     if ckpt["tokenizer_sha256"] != meta["tokenizer_sha256"]:
         fail(f"{path}: trained with another tokenizer than the data directory's (tokenizer sha256 "
              f"{str(ckpt['tokenizer_sha256'])[:12]}... vs {meta['tokenizer_sha256'][:12]}...): "
@@ -410,6 +411,10 @@ def restore_checkpoint(ckpt, path, model, optimizer, mcfg, meta):
     if diff:
         fail(f"{path}: a checkpoint of another model ({diff[0]}={theirs.get(diff[0])!r}, this run: {own[diff[0]]!r}); "
              f"resume with its preset and settings")
+
+
+def restore_checkpoint(ckpt, path, model, optimizer):
+    """Put the checkpoint's state into the model, optimiser and RNG. Returns its step."""
     try:
         missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
         if set(missing) - {"decoder.weight"} or unexpected:  # the tied decoder weight is not stored
@@ -581,6 +586,8 @@ def main(argv):
     if len(data["train"][0]) <= max(cfg.seq_len, cfg.stage2_seq_len if cfg.stage2_start < 1 else 0):
         fail(f"{cfg.data_dir}: train.bin has {len(data['train'][0])} tokens, "
                  f"too few for windows of {cfg.stage2_seq_len if cfg.stage2_start < 1 else cfg.seq_len}")
+    if ckpt is not None:
+        check_checkpoint_fits(ckpt, ckpt_path, mcfg, meta)
     model = CMBert(mcfg)
     # Start on the unigram plateau instead of spending the first steps climbing onto it: the decoder
     # bias is set to the log-frequency of every token (smoothed), so the very first prediction is the
@@ -597,7 +604,7 @@ def main(argv):
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr_max, (cfg.beta1, cfg.beta2), fused=device_type == "cuda")
     step = 0
     if ckpt is not None:
-        step = restore_checkpoint(ckpt, ckpt_path, model, optimizer, mcfg, meta)
+        step = restore_checkpoint(ckpt, ckpt_path, model, optimizer)
     raw_model = model
     if cfg.compile:
         model = torch.compile(model)
