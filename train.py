@@ -133,13 +133,13 @@ RULES = [  # (setting, test of its value, the allowed values in words)
     ("attn_backend", lambda v, c: v in ("auto", "flash", "torch"), "auto, flash or torch"),
     ("attn_backend", lambda v, c: v != "flash" or (flash_attn_available() and c.device.startswith(("cuda", "auto"))
                                                    and torch.cuda.is_available()),
-     "flash only with flash-attn installed and a CUDA device (use auto or torch)"),
+     "auto or torch here (flash needs flash-attn installed and a CUDA device)"),
     ("dtype", lambda v, c: v in ("auto", "float32", "bfloat16"), "auto, float32 or bfloat16"),
     ("device", lambda v, c: v in ("auto", "cpu", "mps") or v == "cuda" or v.startswith("cuda:") and v[5:].isdigit(),
      "auto, cpu, cuda, cuda:N or mps"),
     ("device", lambda v, c: not v.startswith("cuda") or torch.cuda.device_count() > int(v[5:] or 0),
      "a CUDA device this machine has (torch sees none or fewer)"),
-    ("device", lambda v, c: v != "mps" or torch.backends.mps.is_available(), "mps only where torch sees it"),
+    ("device", lambda v, c: v != "mps" or torch.backends.mps.is_available(), "a device this machine has (torch sees no mps)"),
     ("max_steps", at_least(1), ">= 1"),
     ("seq_len", at_least(2), ">= 2"),
     ("batch_size", at_least(1), ">= 1"),
@@ -196,9 +196,10 @@ def check_environment(cfg):
         fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
         os.close(fd)
         os.remove(probe)
-        for name in RUN_FILES:
-            for stale in glob.glob(os.path.join(glob.escape(out), f".{name}.*.tmp")):
-                os.remove(stale)
+        if int(os.environ.get("RANK", 0)) == 0:  # only the process that writes them
+            for name in RUN_FILES:
+                for stale in glob.glob(os.path.join(glob.escape(out), f".{name}.*.tmp")):
+                    os.remove(stale)
     except OSError as e:
         fail(f"--out_dir={out}: cannot write there ({why(e)})")
 

@@ -342,7 +342,7 @@ TRAIN_SETTINGS = [
 ]
 if not torch.cuda.is_available():
     TRAIN_SETTINGS.append(("--device=cuda", "device='cuda': must be a CUDA device this machine has"))
-    TRAIN_SETTINGS.append(("--attn_backend=flash", "attn_backend='flash': must be flash only with flash-attn"))
+    TRAIN_SETTINGS.append(("--attn_backend=flash", "attn_backend='flash': must be auto or torch here"))
 
 
 @pytest.mark.parametrize("args,message", TRAIN_SETTINGS, ids=[a for a, _ in TRAIN_SETTINGS])
