@@ -347,7 +347,8 @@ def validate_args(args):
         try:
             tok = Tokenizer.from_file(args.tokenizer)
         except Exception as e:
-            raise DataError(f"{args.tokenizer}: not a readable tokenizer.json ({str(e).splitlines()[0] if str(e) else e!r})")
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DataError(f"{args.tokenizer}: not a readable tokenizer.json ({reason})")
         check_tokenizer(tok, args.vocab_size, args.tokenizer)
 
 

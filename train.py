@@ -122,7 +122,9 @@ def why(e):
     cause = e
     while cause is not None and not isinstance(cause, OSError):
         cause = cause.__cause__ or cause.__context__
-    return cause.strerror or str(cause) if cause is not None else (str(e).strip().splitlines() or [repr(e)])[-1]
+    if cause is not None:
+        return cause.strerror or str(cause)
+    return (str(e).strip().split(". ")[0].splitlines() or [type(e).__name__])[0]  # the first sentence
 
 
 finite = lambda lo, hi: lambda v, c: math.isfinite(v) and lo <= v <= hi
@@ -378,8 +380,8 @@ def load_checkpoint(path, cfg, explicit):
     this train.py wrote it. Returns it and the run's settings: the checkpoint's, except those given
     now and the directories and device, which always come from the command line (a copied
     checkpoint must not send the outputs to the directory of the run it was copied from)."""
-    if not os.path.isfile(path):
-        fail(f"--resume=True but {path} does not exist")
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        fail(f"--resume=True but {path} " + ("is empty" if os.path.isfile(path) else "does not exist"))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

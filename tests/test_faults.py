@@ -100,8 +100,12 @@ def model_dir_is_whole(out):
 
 
 def test_kills_during_checkpoint_and_log_rewrite_then_resume(tmp_path, tiny_data, reference):
-    out = tmp_path / "run"
+    out, victim = tmp_path / "run", tmp_path / "victim"
     args = [*TRAIN, f"--data_dir={tiny_data}", "--max_steps=6", f"--out_dir={out}"]
+    out.mkdir()
+    victim.write_text("keep")
+    for name in ["ckpt.pt.tmp", "model.safetensors.tmp", "config.json.tmp", "train.png.tmp.png"]:
+        os.symlink(victim, out / name)  # links at the temporary names older versions used are not followed
     # killed between the model files and ckpt.pt of step 4: the model directory is step 4's, whole,
     # one checkpoint newer than ckpt.pt (never older: nothing scores stale weights)
     r = run("train.py", *args, kill_at="model.safetensors:after:2")
@@ -125,6 +129,7 @@ def test_kills_during_checkpoint_and_log_rewrite_then_resume(tmp_path, tiny_data
     assert same_weights(weights(out / "model.safetensors"), weights(reference / "model.safetensors"))
     assert log_rows(out) == log_rows(reference)
     assert not temps(out), "a resumed run removes what a killed one left"
+    assert victim.read_text() == "keep"
 
 
 def test_resume_repairs_stale_model_files_and_writes_where_told(tmp_path, tiny_data, reference):
@@ -153,16 +158,34 @@ def test_torn_last_log_line_does_not_block_resume(tmp_path, tiny_data, reference
 
 
 def test_kill_during_prepare_renames(tmp_path, corpus_file):
-    out = tmp_path / "data"
+    out, victim = tmp_path / "data", tmp_path / "victim"
     args = ["--input", corpus_file, "--out_dir", out, "--vocab_size", "1024", "--quiet", "--workers", "1"]
+    out.mkdir()
+    victim.write_text("keep")
+    for name in [".train.bin.tmp", ".tokenizer.json.tmp", ".meta.json.tmp"]:
+        os.symlink(victim, out / name)  # links at the temporary names older versions used are not followed
     r = run("prepare.py", *args, kill_at="val.bin:after:1")
     assert r.returncode == -signal.SIGKILL
     assert (out / "train.bin").exists() and not (out / "meta.json").exists()
     refused(lambda: train.load_data(str(out)), "no meta.json")  # an incomplete directory is never trusted
     r = run("prepare.py", *args)  # its own partial output: rebuilt without --overwrite
     assert r.returncode == 0, r.stderr
-    assert (out / "meta.json").exists() and not temps(out)
+    assert (out / "meta.json").exists() and not temps(out) and victim.read_text() == "keep"
     train.load_data(str(out))
+
+
+def test_atomic_path(tmp_path):
+    from cmbert import atomic_path, write_json
+    target, victim = tmp_path / "x.json", tmp_path / "victim"
+    victim.write_text("keep")
+    os.symlink(victim, tmp_path / "x.json.tmp")
+    write_json(str(target), {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1} and victim.read_text() == "keep"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(str(target)) as tmp:
+            open(tmp, "w").write("half")
+            raise KeyboardInterrupt
+    assert json.loads(target.read_text()) == {"a": 1} and not temps(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------
@@ -204,7 +227,7 @@ def ckpt_cases(ref, other_data):
             torch.save(ckpt, path)
         return f
     return [  # (case, writes ckpt.pt, extra arguments, expected message)
-        ("empty", lambda p: p.write_bytes(b""), [], "not a checkpoint this train.py can read"),
+        ("empty", lambda p: p.write_bytes(b""), [], "ckpt.pt is empty"),
         ("truncated", lambda p: p.write_bytes(good[:len(good) // 2]), [], "not a checkpoint this train.py can read"),
         ("random", lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)), [], "not a checkpoint"),
         ("older train.py", edit(format_version=None), [], "checkpoint format None, written by another version"),
