@@ -396,6 +396,10 @@ def load_checkpoint(path, cfg, explicit):
              or ("it has unknown settings" if set(ckpt["config"]) - names else None))
     if fault:
         fail(f"{path}: damaged or written by another version of train.py ({fault})")
+    trained_on = ckpt["config"].get("data_dir")
+    if "data_dir" not in explicit and os.path.abspath(str(trained_on)) != os.path.abspath(cfg.data_dir):
+        fail(f"{path}: trained on --data_dir={trained_on}; name the data to resume on with --data_dir "
+             f"(directories are never taken from a checkpoint)")
     saved = {k: v for k, v in ckpt["config"].items() if k not in explicit | FROM_COMMAND_LINE}
     cfg = dataclasses.replace(cfg, **saved)
     validate_config(cfg, where=f"{path}: setting")

@@ -139,6 +139,8 @@ def test_resume_repairs_stale_model_files_and_writes_where_told(tmp_path, tiny_d
     new.mkdir()
     shutil.copy(reference / "ckpt.pt", new / "ckpt.pt")
     before = {p: os.stat(p).st_mtime_ns for p in glob.glob(str(reference / "*"))}
+    # not silently on the default data directory either
+    refused(lambda: train.main([f"--out_dir={new}", "--resume=True"]), f"trained on --data_dir={tiny_data}")
     train.main([f"--data_dir={tiny_data}", f"--out_dir={new}", "--resume=True", "--progress=False", "--demo=False"])
     assert {p: os.stat(p).st_mtime_ns for p in glob.glob(str(reference / "*"))} == before
     assert same_weights(weights(new / "model.safetensors"), weights(reference / "model.safetensors"))
