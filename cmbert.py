@@ -12,7 +12,7 @@ Two ways to feed a batch, which give the same outputs for the same documents:
            input_ids (N,), or (B, T) when every row boundary is also a document boundary.
 Attention never crosses a document and RoPE positions restart at each document.
 """
-import json, math, os
+import contextlib, json, math, os, tempfile
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -358,11 +358,12 @@ class PreTrained(nn.Module):
         sd.pop("decoder.weight", None)
         return sd
 
-    def save_pretrained(self, out_dir):
-        """model.safetensors, then config.json (written last: a folder without it is incomplete)."""
+    def save_pretrained(self, out_dir, extra_config=None):
+        """model.safetensors, then config.json (written last: a folder without it is incomplete),
+        with extra_config added to it (train.py records the tokenizer's sha256 there)."""
         os.makedirs(out_dir, exist_ok=True)
         save_weights(self, os.path.join(out_dir, "model.safetensors"))
-        write_json(os.path.join(out_dir, "config.json"), asdict(self.cfg))
+        write_json(os.path.join(out_dir, "config.json"), {**asdict(self.cfg), **(extra_config or {})})
 
     @classmethod
     def from_pretrained(cls, model_dir, **kwargs):
@@ -405,8 +406,8 @@ def save_weights(model, path):
     """A model's clean state dict as safetensors, under a temporary name until it is complete."""
     from safetensors.torch import save_file
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict_clean().items()}
-    save_file(sd, path + ".tmp", metadata={"format": "pt"})  # "format": what transformers checks for
-    os.replace(path + ".tmp", path)
+    with atomic_path(path) as tmp:
+        save_file(sd, tmp, metadata={"format": "pt"})  # "format": what transformers checks for
 
 
 def load_weights(path):
@@ -477,7 +478,7 @@ def load_config(model_dir, **overrides):
     if kind == "modernbert":
         values = config_from_modernbert(saved, path)
     elif kind in ("cmbert", None):
-        unknown = sorted(set(saved) - names)
+        unknown = sorted(set(saved) - names - {"tokenizer_sha256"})  # train.py records which tokenizer
         if kind is None and unknown:  # cmbert's own config.json holds CMBertConfig's fields and nothing else
             raise ValueError(f"{path}: not a cmbert config (unknown key {unknown[0]!r})")
         values = {k: v for k, v in saved.items() if k in names}
@@ -529,17 +530,41 @@ def config_from_modernbert(c, path):
                 sep_id=c.get("sep_token_id", d.sep_id), mask_id=c.get("mask_token_id", d.mask_id))
 
 
+_UMASK = os.umask(0o22)  # read the process' umask (setting it is the only way), then restore it
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a new temporary file next to `path` to write; when the block succeeds it replaces `path`
+    in one rename, so a reader sees the old file or the new one, never a part. The temporary name is
+    unpredictable and created exclusively (mkstemp), so a file or link someone placed there is never
+    followed or overwritten; on any error or interrupt the temporary file is removed."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the result gets the usual mode
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+
 def write_json(path, obj):
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
-    os.replace(path + ".tmp", path)
 
 
 def copy_file(src, dst):
     """Copy under a temporary name, then rename: a reader never sees half a file."""
     import shutil
-    shutil.copyfile(src, dst + ".tmp")
-    os.replace(dst + ".tmp", dst)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 SPECIAL_TOKENS = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")

@@ -15,7 +15,7 @@ offsets (docs/method.md §2): a token begins a unit iff its first character begi
 token that crosses a word boundary glues the words it touches into one unit. Training never has
 to run a tokenizer or a segmenter again.
 """
-import argparse, codecs, glob, gzip, hashlib, io, json, math, os, sys, time, unicodedata
+import argparse, codecs, glob, gzip, hashlib, io, json, math, os, sys, tempfile, time, unicodedata
 from collections import deque
 
 import numpy as np
@@ -26,6 +26,7 @@ PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)
 N_BYTE_TOKENS = 256  # <0x00>..<0xFF>: byte fallback, so no UTF-8 input ever becomes [UNK]
 FORMAT_VERSION = 2  # 2: de-duplicated split, document_tokens and duplicate counts in meta.json
 TEXT_EXTS = (".txt", ".jsonl", ".json")
+OUTPUTS = ["train.bin", "train.words.bin", "val.bin", "val.words.bin", "tokenizer.json", "meta.json"]
 MIN_VAL_CHARS = 16384  # "at least a few thousand tokens" of validation, even for small corpora
 READ_BYTES = 1 << 20   # a text line longer than this is read in parts
 PIECE_CHARS = 1 << 16  # documents longer than this flow through the pipeline in pieces of at most this
@@ -274,12 +275,12 @@ def add_post_processor(tok):
         special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)])
 
 
-def check_tokenizer(tok, vocab_size):
+def check_tokenizer(tok, vocab_size, where="tokenizer"):
     for i, t in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(t) != i:
-            raise DataError(f"tokenizer: {t} must have id {i}, has {tok.token_to_id(t)}")
+            raise DataError(f"{where}: {t} must have id {i}, has {tok.token_to_id(t)}")
     if tok.get_vocab_size() > vocab_size:
-        raise DataError(f"tokenizer has {tok.get_vocab_size()} tokens, more than --vocab_size {vocab_size}")
+        raise DataError(f"{where}: {tok.get_vocab_size()} tokens, more than --vocab_size {vocab_size}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,16 +431,89 @@ def sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def validate_args(args):
+    """Every setting before any work, with the allowed values in the message."""
+    rules = [
+        (args.vocab_size % 64 == 0, f"--vocab_size {args.vocab_size} is not a multiple of 64 (tensor-core tiling; "
+                                    f"32000 = 500 x 64)"),
+        (args.vocab_size >= 384, f"--vocab_size {args.vocab_size} is too small: it must hold 5 special tokens, "
+                                 f"256 byte tokens and learned tokens (at least 384)"),
+        (args.vocab_size <= 65536, f"--vocab_size {args.vocab_size} does not fit in uint16 token ids (max 65536)"),
+        (0 < args.bpe_fraction <= 1, f"--bpe_fraction {args.bpe_fraction}: must be in (0, 1], the share of "
+                                     f"documents the vocabulary is trained on"),
+        (0 <= args.val_fraction <= 0.25, f"--val_fraction {args.val_fraction}: must be in [0, 0.25] (validation "
+                                         f"gets at least {MIN_VAL_CHARS:,} characters and at most a quarter of the documents)"),
+        (args.workers >= 1, f"--workers {args.workers}: must be >= 1"),
+        (args.chunk_chars >= 1, f"--chunk_chars {args.chunk_chars}: must be >= 1"),
+        (any(f.strip() for f in args.text_field.split(",")), f"--text_field {args.text_field!r}: name at least one field"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise DataError(message)
+    try:
+        codecs.lookup(args.encoding)
+    except LookupError:
+        raise DataError(f"--encoding {args.encoding!r}: not an encoding Python knows (e.g. utf-8, gb18030)")
+    if args.tokenizer:
+        from tokenizers import Tokenizer
+        try:
+            tok = Tokenizer.from_file(args.tokenizer)
+        except Exception as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DataError(f"{args.tokenizer}: not a readable tokenizer.json ({reason})")
+        check_tokenizer(tok, args.vocab_size, args.tokenizer)
+
+
+def check_out_dir(out, settings, overwrite):
+    """prepare.py writes only into an empty directory or one that holds a dataset it made (its own
+    files, with or without meta.json); anything else, e.g. a trained model's directory, is refused
+    unless --overwrite. A dataset with other settings is also kept unless --overwrite. The directory
+    must be writable; temporary files a killed run left there are removed."""
+    meta_path = os.path.join(out, "meta.json")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DataError(f"--out_dir {out}: exists and is not a directory")
+    own = set(OUTPUTS) | {f".{n}.tmp" for n in OUTPUTS}  # .X.tmp: what older versions left
+    foreign = sorted(f for f in os.listdir(out) if f not in own and not is_temp(f)) if os.path.isdir(out) else []
+    if foreign and not overwrite:
+        raise DataError(f"--out_dir {out}: holds files prepare.py did not write ({', '.join(foreign[:3])}); "
+                        f"choose an empty or new directory, or pass --overwrite")
+    if os.path.exists(meta_path) and not overwrite:
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                old = json.load(f).get("settings")
+        except (ValueError, AttributeError):
+            old = None
+        if old != settings:
+            raise DataError(f"{out}: already holds a different dataset (see its meta.json); "
+                            f"choose another --out_dir or pass --overwrite")
+    try:
+        os.makedirs(out, exist_ok=True)
+        os.remove(new_temp(os.path.join(out, "meta.json")))  # can we write here? (before hours of work)
+        for f in os.listdir(out):
+            if is_temp(f) or f in own - set(OUTPUTS):
+                os.remove(os.path.join(out, f))
+        if os.path.exists(meta_path):
+            os.remove(meta_path)  # from here on the directory is incomplete until the new meta.json lands
+    except OSError as e:
+        raise DataError(f"--out_dir {out}: cannot write there ({e.strerror or e})")
+
+
+def new_temp(path):
+    """A new, empty temporary file next to `path`: an unpredictable name created exclusively, so a
+    file or link placed there is never followed (the same rule as cmbert.atomic_path; prepare.py
+    does not import torch)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    return tmp
+
+
+def is_temp(name):
+    return any(name.startswith(f".{n}.") and name.endswith(".tmp") for n in OUTPUTS)
+
+
 def prepare(args):
     t0 = time.time()
-    if args.vocab_size % 64:
-        raise DataError(f"--vocab_size {args.vocab_size} is not a multiple of 64 (tensor-core tiling; "
-                        f"32000 = 500 x 64)")
-    if args.vocab_size < 384:
-        raise DataError(f"--vocab_size {args.vocab_size} is too small: it must hold 5 special tokens, "
-                        f"256 byte tokens and learned tokens (at least 384)")
-    if args.vocab_size > 65536:
-        raise DataError(f"--vocab_size {args.vocab_size} does not fit in uint16 token ids (max 65536)")
+    validate_args(args)
     files = resolve_inputs(args.input) if args.input else default_corpus()
     fields = [f.strip() for f in args.text_field.split(",") if f.strip()]
     settings = dict(sources=files, text_field=fields, encoding=args.encoding, vocab_size=args.vocab_size,
@@ -448,15 +522,7 @@ def prepare(args):
                     tokenizer=os.path.abspath(args.tokenizer) if args.tokenizer else None)
     out = args.out_dir
     meta_path = os.path.join(out, "meta.json")
-    if os.path.exists(meta_path) and not args.overwrite:
-        with open(meta_path) as f:
-            old = json.load(f).get("settings")
-        if old != settings:
-            raise DataError(f"{out}: already holds a different dataset (see its meta.json); "
-                            f"choose another --out_dir or pass --overwrite")
-    os.makedirs(out, exist_ok=True)
-    if os.path.exists(meta_path):
-        os.remove(meta_path)  # from here on the directory is incomplete until the new meta.json lands
+    check_out_dir(out, settings, args.overwrite)
 
     def stream(desc, nfkc=True):
         return tqdm(normalized_documents(files, fields, args.encoding, args.doc_format, nfkc), desc=desc,
@@ -490,13 +556,15 @@ def prepare(args):
     # Pass 3: segment, encode and align in parallel over all cores. Chunks stream through a
     # bounded queue of pending results, so memory stays flat however large the corpus.
     names = ["train.bin", "train.words.bin", "val.bin", "val.words.bin", "tokenizer.json"]
-    tmp = {n: os.path.join(out, f".{n}.tmp") for n in names}
+    tmp = {}
     totals = dict(tokens=0, cross=0, chars=0, units=0, unk=0)
     split_tokens = dict(train=0, val=0)
     doc_tokens = {split: dict(longest=0, over_1024=0, over_8192=0) for split in ("train", "val")}
     current = [0]  # tokens of the document being written (its pieces may span chunks)
     try:
-        tok.save(tmp["tokenizer.json"])
+        tmp.update({n: new_temp(os.path.join(out, n)) for n in names})
+        with open(tmp["tokenizer.json"], "w", encoding="utf-8") as f:
+            f.write(tok.to_str(pretty=True))  # = tok.save(), but a full disk is an OSError
         handles = {n: open(tmp[n], "wb") for n in names[:4]}
         workers = max(1, args.workers)
         tok_json = tok.to_str()
@@ -549,6 +617,8 @@ def prepare(args):
                     write(res.get(), batch)
         bar.close()
         for h in handles.values():
+            h.flush()
+            os.fsync(h.fileno())  # on disk before the names point at it (and long before meta.json)
             h.close()
         for n in names:
             os.replace(tmp[n], os.path.join(out, n))
@@ -574,9 +644,14 @@ def prepare(args):
         tokenizer_sha256=sha256(os.path.join(out, "tokenizer.json")),
         seconds=round(time.time() - t0, 2), seconds_vocab=round(t1 - t0, 2),
         seconds_encode=round(time.time() - t1, 2), settings=settings)
-    with open(meta_path + ".tmp", "w") as f:
-        json.dump(meta, f, ensure_ascii=False, indent=2)
-    os.replace(meta_path + ".tmp", meta_path)  # last: marks the directory complete
+    tmp_meta = new_temp(meta_path)
+    try:
+        with open(tmp_meta, "w", encoding="utf-8") as f:
+            json.dump(meta, f, ensure_ascii=False, indent=2)
+        os.replace(tmp_meta, meta_path)  # last: marks the directory complete
+    finally:
+        if os.path.exists(tmp_meta):
+            os.remove(tmp_meta)
     return meta
 
 
@@ -612,6 +687,8 @@ def main(argv=None):
         meta = prepare(args)
     except DataError as e:
         sys.exit(f"prepare.py: error: {e}")
+    except OSError as e:  # a full disk or a read-only directory: one line; the temporary files are gone
+        sys.exit(f"prepare.py: error: {e.filename or args.out_dir}: {e.strerror or e}")
     if not args.quiet:
         print(f"wrote {args.out_dir}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
               f"from {meta['documents']:,} documents ({meta['characters']:,} chars) in {meta['seconds']:.1f}s\n"

@@ -7,14 +7,16 @@ curriculum, a damped-cosine learning rate, and a 1,024 -> 8,192 sequence-length 
     torchrun --standalone --nproc_per_node=8 train.py config/paper_large.py
     python train.py --help                            # every setting with its default
 """
-import ast, dataclasses, inspect, json, math, os, shutil, sys, time
+import ast, dataclasses, glob, inspect, json, math, os, sys, tempfile, time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from cmbert import CMBert, config_from_preset, device_peak_flops, resolve_dtype
+from cmbert import (PRESETS, CMBert, atomic_path, config_from_preset, copy_file, device_peak_flops, flash_attn_available,
+                    resolve_dtype)
+from prepare import FORMAT_VERSION as DATA_FORMAT, sha256
 
 
 @dataclass
@@ -74,14 +76,14 @@ def parse_args(argv):
 
     def put(name, value, where):
         if name not in types:
-            sys.exit(f"train.py: error: unknown setting {name!r} in {where} (see --help)")
+            fail(f"unknown setting {name!r} in {where} (see --help)")
         typ = types[name]
         if typ is str:
             value = str(value)
         elif typ is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(value) is not typ:
-            sys.exit(f"train.py: error: {where}: {name} must be {typ.__name__}, got {value!r}")
+            fail(f"{where}: {name} must be {typ.__name__}, got {value!r}")
         values[name] = value
 
     args = list(argv)
@@ -96,7 +98,7 @@ def parse_args(argv):
             name, eq, raw = arg[2:].partition("=")
             if not eq:  # --name value: the value is the next argument
                 if not args or args[0].startswith("--"):
-                    sys.exit(f"train.py: error: {arg}: no value (write --{name}=value or --{name} value)")
+                    fail(f"{arg}: no value (write --{name}=value or --{name} value)")
                 raw = args.pop(0)
                 arg = f"{arg} {raw}"
             try:
@@ -111,8 +113,109 @@ def parse_args(argv):
                 if not name.startswith("_"):
                     put(name, value, arg)
         else:
-            sys.exit(f"train.py: error: {arg!r} is neither a config file nor --name=value / --name value")
+            fail(f"{arg!r} is neither a config file nor --name=value / --name value")
     return TrainConfig(**values), set(values)
+
+
+# ------------------------------------------------------------------------------------------
+# Refusing early: bad settings, a foreign checkpoint, an unusable directory are one line, before any work
+
+def fail(msg):
+    """Every refusal and fault ends here: one line on stderr, exit status 1, no traceback."""
+    raise SystemExit(f"train.py: error: {msg}")
+
+
+def why(e):
+    """The cause of an error in a few words (a library's write error often wraps the OSError)."""
+    cause = e
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return cause.strerror or str(cause)
+    return (str(e).strip().split(". ")[0].splitlines() or [type(e).__name__])[0]  # the first sentence
+
+
+finite = lambda lo, hi: lambda v, c: math.isfinite(v) and lo <= v <= hi
+at_least = lambda lo: lambda v, c: v >= lo
+RULES = [  # (setting, test of its value, the allowed values in words)
+    ("preset", lambda v, c: v in PRESETS, f"one of {', '.join(PRESETS)}"),
+    ("norm", lambda v, c: v in ("rmsnorm", "layernorm"), "rmsnorm or layernorm"),
+    ("attn_backend", lambda v, c: v in ("auto", "flash", "torch"), "auto, flash or torch"),
+    ("attn_backend", lambda v, c: v != "flash" or (flash_attn_available() and c.device.startswith(("cuda", "auto"))
+                                                   and torch.cuda.is_available()),
+     "auto or torch here (flash needs flash-attn installed and a CUDA device)"),
+    ("dtype", lambda v, c: v in ("auto", "float32", "bfloat16"), "auto, float32 or bfloat16"),
+    ("device", lambda v, c: v in ("auto", "cpu", "mps") or v == "cuda" or v.startswith("cuda:") and v[5:].isdigit(),
+     "auto, cpu, cuda, cuda:N or mps"),
+    ("device", lambda v, c: not v.startswith("cuda") or torch.cuda.device_count() > int(v[5:] or 0),
+     "a CUDA device this machine has (torch sees none or fewer)"),
+    ("device", lambda v, c: v != "mps" or torch.backends.mps.is_available(), "a device this machine has (torch sees no mps)"),
+    ("max_steps", at_least(1), ">= 1"),
+    ("stages", lambda v, c: stages_ok(c), "a list of (start, seq_len, batch_size, rope_theta) records: starts "
+     "from 0 and increasing below 1, seq_len >= 2, batch_size >= 1, rope_theta > 0"),
+    ("grad_accum", at_least(1), ">= 1"),
+    ("mask_min", finite(1e-9, 1), "in (0, 1]"),
+    ("mask_max", lambda v, c: math.isfinite(v) and c.mask_min <= v <= 1, "in [mask_min, 1]"),
+    ("mask_warmup", finite(0, 1), "in [0, 1] (a fraction of max_steps)"),
+    ("lr_max", finite(1e-30, math.inf), "> 0"),
+    ("lr_min", lambda v, c: math.isfinite(v) and 0 <= v <= c.lr_max, "in [0, lr_max]"),
+    ("warmup_steps", at_least(0), ">= 0"),
+    ("lr_cycles", at_least(1), ">= 1"),
+    ("lr_damping", finite(0, 1), "in [0, 1]"),
+    ("weight_decay", finite(0, math.inf), ">= 0"),
+    ("beta1", lambda v, c: 0 <= v < 1, "in [0, 1)"),
+    ("beta2", lambda v, c: 0 <= v < 1, "in [0, 1)"),
+    ("grad_clip", finite(0, math.inf), ">= 0 (0 = off)"),
+    ("max_bad_steps", at_least(1), ">= 1"),
+    ("eval_interval", at_least(1), ">= 1"),
+    ("eval_windows", at_least(1), ">= 1"),
+    ("ckpt_interval", at_least(1), ">= 1"),
+    ("seed", lambda v, c: 0 <= v < 2**63, "in [0, 2^63)"),
+    ("data_dir", lambda v, c: v != "", "a directory"),
+    ("out_dir", lambda v, c: v != "", "a directory"),
+]
+
+
+def stages_ok(cfg):
+    try:
+        return all(type(st.seq_len) is int and st.seq_len >= 2 and type(st.batch_size) is int and st.batch_size >= 1
+                   and isinstance(st.rope_theta, (int, float)) and st.rope_theta > 0 for st in stages(cfg))
+    except (TypeError, ValueError):
+        return False
+
+
+def validate_config(cfg, where="setting"):
+    """Every setting against RULES (types first, so a checkpoint's settings are checked as well)."""
+    for f in dataclasses.fields(TrainConfig):
+        if type(getattr(cfg, f.name)) is not f.type:
+            fail(f"{where} {f.name}={getattr(cfg, f.name)!r}: must be {f.type.__name__}")
+    for name, ok, allowed in RULES:
+        if not ok(getattr(cfg, name), cfg):
+            fail(f"{where} {name}={getattr(cfg, name)!r}: must be {allowed}")
+
+
+def check_environment(cfg):
+    """The output directory is usable before any long work: it is not a dataset directory, it can be
+    written, and a fresh run does not overwrite another run's checkpoint (nothing lost by a re-run).
+    Temporary files a killed run left there are removed."""
+    out, ckpt_path = cfg.out_dir, os.path.join(cfg.out_dir, "ckpt.pt")
+    if os.path.isdir(out) and os.path.isdir(cfg.data_dir) and os.path.samefile(out, cfg.data_dir):
+        fail(f"--out_dir={out} is the data directory; the run's files need a directory of their own")
+    if os.path.exists(os.path.join(out, "meta.json")):
+        fail(f"--out_dir={out} holds a dataset (meta.json); the run's files need a directory of their own")
+    if not cfg.resume and os.path.exists(ckpt_path):
+        fail(f"{ckpt_path} exists: continue that run with --resume=True, or use another --out_dir (or remove it)")
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+        os.close(fd)
+        os.remove(probe)
+        if int(os.environ.get("RANK", 0)) == 0:  # only the process that writes them
+            for name in RUN_FILES:
+                for stale in glob.glob(os.path.join(glob.escape(out), f".{name}.*.tmp")):
+                    os.remove(stale)
+    except OSError as e:
+        fail(f"--out_dir={out}: cannot write there ({why(e)})")
 
 
 # ------------------------------------------------------------------------------------------
@@ -171,18 +274,52 @@ def step_tokens(step, cfg, world):
 # ------------------------------------------------------------------------------------------
 # Data: memory-mapped token stream, packed windows, whole-word masking
 
+META_KEYS = ["format_version", "vocab_size", "tokenizer_size", "pad_id", "cls_id", "sep_id", "mask_id",
+             "train_tokens", "val_tokens", "tokenizer_sha256"]
+
+
 def load_data(data_dir):
-    meta_path = os.path.join(data_dir, "meta.json")
+    """meta.json, the token streams and tokenizer.json of a prepare.py directory, each checked first:
+    a missing, corrupt or foreign file is one line naming it, never a traceback later on."""
+    meta_path, tok_path = os.path.join(data_dir, "meta.json"), os.path.join(data_dir, "tokenizer.json")
     if not os.path.exists(meta_path):
-        sys.exit(f"train.py: error: {data_dir}: no meta.json (run prepare.py; a directory without it is incomplete)")
-    with open(meta_path) as f:
-        meta = json.load(f)
+        fail(f"{data_dir}: no meta.json (run prepare.py; a directory without it is incomplete)")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (ValueError, OSError) as e:
+        fail(f"{meta_path}: not readable JSON ({why(e)})")
+    missing = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else META_KEYS
+    if missing:
+        fail(f"{meta_path}: lacks {', '.join(missing)} (not written by prepare.py, or damaged)")
+    if meta["format_version"] != DATA_FORMAT:
+        fail(f"{meta_path}: format_version {meta['format_version']!r}, but this train.py reads {DATA_FORMAT} "
+             f"(run this version's prepare.py)")
+    bad = [k for k in META_KEYS[1:-1] if type(meta[k]) is not int or meta[k] < 0]
+    if bad or not meta["tokenizer_size"] <= meta["vocab_size"] <= 65536:
+        fail(f"{meta_path}: bad value of {(bad or ['tokenizer_size/vocab_size'])[0]} (damaged?)")
+    if not os.path.exists(tok_path):
+        fail(f"{tok_path}: missing (run prepare.py; the run copies it next to the model)")
+    if sha256(tok_path) != meta["tokenizer_sha256"]:
+        fail(f"{tok_path}: not the tokenizer meta.json names (sha256 {sha256(tok_path)[:12]}..., meta.json: "
+             f"{str(meta['tokenizer_sha256'])[:12]}...); the token ids would mean other text. Run prepare.py again")
     data = {}
     for split in ("train", "val"):
+        for name, size in ((f"{split}.bin", 2), (f"{split}.words.bin", 1)):
+            path = os.path.join(data_dir, name)
+            n = os.path.getsize(path) if os.path.isfile(path) else -1
+            if n <= 0 or n % size:
+                fail(f"{path}: " + ("missing" if n < 0 else "empty" if n == 0 else
+                                    f"{n} bytes, not a whole number of {size}-byte entries (truncated?)"))
         ids = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype="<u2", mode="r")
         flags = np.memmap(os.path.join(data_dir, f"{split}.words.bin"), dtype=np.uint8, mode="r")
         if len(ids) != len(flags) or len(ids) != meta[f"{split}_tokens"]:
-            sys.exit(f"train.py: error: {data_dir}: {split}.bin / {split}.words.bin do not match meta.json")
+            fail(f"{data_dir}: {split}.bin / {split}.words.bin do not match meta.json")
+        if ids.max() >= meta["tokenizer_size"]:
+            i = int(np.argmax(ids >= meta["tokenizer_size"]))
+            fail(f"{data_dir}/{split}.bin: token {i} has id {ids[i]}, outside the vocabulary of {meta['tokenizer_size']}")
+        if flags.max() > 1:
+            fail(f"{data_dir}/{split}.words.bin: entry {int(np.argmax(flags > 1))} is not 0 or 1")
         data[split] = (ids, flags)
     return meta, data
 
@@ -310,6 +447,133 @@ def describe(r, what):
             f"{r['top_acc']:.2%} ({100 * (r['acc'] - r['top_acc']):+.1f} points), {r['n']:,} positions")
 
 
+CKPT_FORMAT = 2  # the layout of ckpt.pt; a checkpoint without this number predates it
+RUN_FILES = ["ckpt.pt", "model.safetensors", "config.json", "tokenizer.json", "log.jsonl", "train.png"]
+FROM_COMMAND_LINE = {"data_dir", "out_dir", "device", "resume"}  # never taken from a checkpoint
+
+
+def load_checkpoint(path, cfg, explicit):
+    """Read ckpt.pt as data only (weights_only=True: a crafted file cannot run code) and check that
+    this train.py wrote it. Returns it and the run's settings: the checkpoint's, except those given
+    now and the directories and device, which always come from the command line (a copied
+    checkpoint must not send the outputs to the directory of the run it was copied from)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        fail(f"--resume=True but {path} " + ("is empty" if os.path.isfile(path) else "does not exist"))
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        fail(f"{path}: not a checkpoint this train.py can read ({why(e)})")
+    version = ckpt.get("format_version") if isinstance(ckpt, dict) else None
+    if version != CKPT_FORMAT:
+        fail(f"{path}: checkpoint format {version}, written by another version of train.py (this one reads {CKPT_FORMAT})")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    parts = ("config", "model_config", "model", "optimizer", "rng")
+    fault = (next((f"lacks {k}" for k in (*parts, "step", "tokenizer_sha256") if k not in ckpt), None)
+             or next((f"its {k} is not a mapping" for k in parts if not isinstance(ckpt[k], dict)), None)
+             or ("it has unknown settings" if set(ckpt["config"]) - names else None))
+    if fault:
+        fail(f"{path}: damaged or written by another version of train.py ({fault})")
+    trained_on = ckpt["config"].get("data_dir")
+    if "data_dir" not in explicit and os.path.abspath(str(trained_on)) != os.path.abspath(cfg.data_dir):
+        fail(f"{path}: trained on --data_dir={trained_on}; name the data to resume on with --data_dir "
+             f"(directories are never taken from a checkpoint)")
+    saved = {k: v for k, v in ckpt["config"].items() if k not in explicit | FROM_COMMAND_LINE}
+    cfg = dataclasses.replace(cfg, **saved)
+    validate_config(cfg, where=f"{path}: setting")
+    return ckpt, cfg
+
+
+def check_checkpoint_fits(ckpt, path, mcfg, meta):
+    """Before the model is built: refuse a checkpoint of another model or of another tokenizer (its
+    token ids would mean other text), although the vocabulary sizes may agree."""
+    if ckpt["tokenizer_sha256"] != meta["tokenizer_sha256"]:
+        fail(f"{path}: trained with another tokenizer than the data directory's (tokenizer sha256 "
+             f"{str(ckpt['tokenizer_sha256'])[:12]}... vs {meta['tokenizer_sha256'][:12]}...): "
+             f"resume with its own --data_dir")
+    own, theirs = dataclasses.asdict(mcfg), ckpt["model_config"]
+    diff = [k for k in own if k not in ("attn_backend", "max_seq_len", "rope_theta_global") and theirs.get(k) != own[k]]
+    if diff:
+        fail(f"{path}: a checkpoint of another model ({diff[0]}={theirs.get(diff[0])!r}, this run: {own[diff[0]]!r}); "
+             f"resume with its preset and settings")
+
+
+def restore_checkpoint(ckpt, path, model, optimizer):
+    """Put the checkpoint's state into the model, optimiser and RNG. Returns its step."""
+    try:
+        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+        if set(missing) - {"decoder.weight"} or unexpected:  # the tied decoder weight is not stored
+            raise ValueError(f"weights {', '.join((sorted(set(missing) - {'decoder.weight'}) + unexpected)[:2])}")
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        if type(ckpt["step"]) is not int or ckpt["step"] < 0:
+            raise ValueError(f"step {ckpt['step']!r}")
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        fail(f"{path}: damaged checkpoint ({why(e)})")
+    return ckpt["step"]
+
+
+def export_model(cfg, model, meta):
+    """The model directory: tokenizer.json, model.safetensors and config.json (which records the
+    tokenizer's sha256, so whoever loads the model can check the two belong together)."""
+    copy_file(os.path.join(cfg.data_dir, "tokenizer.json"), os.path.join(cfg.out_dir, "tokenizer.json"))
+    model.save_pretrained(cfg.out_dir, extra_config=dict(tokenizer_sha256=meta["tokenizer_sha256"]))
+
+
+def save_checkpoint(cfg, model, optimizer, step, stage, mcfg, meta):
+    """One checkpoint = the model directory, then ckpt.pt, each file by an atomic rename. A kill in
+    between leaves model files one checkpoint newer than ckpt.pt, never older, each of them whole
+    and of the same step: nothing scores stale weights, and --resume rewrites the model files from
+    ckpt.pt before training on (to bitwise the same weights). A full disk or a read-only directory is
+    one line; the temporary file is removed and the previous ckpt.pt stays as it was."""
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    state = dict(format_version=CKPT_FORMAT, model=model.state_dict_clean(), optimizer=optimizer.state_dict(),
+                 step=step, stage=stage, config=dataclasses.asdict(cfg), model_config=dataclasses.asdict(mcfg),
+                 tokenizer_sha256=meta["tokenizer_sha256"],
+                 rng=dict(torch=torch.get_rng_state(),
+                          cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None),
+                 data_position=dict(step=step, note="windows and masks are drawn from (seed, step, row)"))
+    try:
+        export_model(cfg, model, meta)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)
+    except Exception as e:
+        fail(f"{cfg.out_dir}: cannot write the checkpoint of step {step} ({why(e)}); "
+             f"{path} still holds the previous one")
+
+
+def rewrite_log(path, step):
+    """Keep log.jsonl up to `step` (None: start it empty), by an atomic rewrite, so a resumed run's
+    log reads as one run and a kill mid-rewrite leaves the old log. A torn last line (a kill or a
+    full disk mid-append) is dropped; a damaged line elsewhere is reported."""
+    kept = []
+    if step is not None and os.path.exists(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().split("\n")
+        for i, line in enumerate(lines):
+            try:
+                row = json.loads(line)
+                if not (isinstance(row, dict) and type(row.get("step")) is int):
+                    raise ValueError
+            except ValueError:
+                if i >= len(lines) - 2 and not any(lines[i + 1:]):
+                    break  # the torn (or empty) end of the file
+                fail(f"{path}: line {i + 1} is not a log row (damaged; remove the line or the file)")
+            if row["step"] <= step:
+                kept.append(line + "\n")
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+
+
+def append_log(path, row):
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        fail(f"{path}: cannot append ({why(e)}); resume from the last checkpoint with --resume=True")
+
+
 def plot(log_path, out_png, cfg):
     """train.png: masked-only validation next to its no-context baselines, near/far positions of
     long documents, and the schedules. Dotted verticals mark stage switches."""
@@ -353,8 +617,8 @@ def plot(log_path, out_png, cfg):
             a.axvline(round(st.start * cfg.max_steps), color="gray", ls=":")
     fig.suptitle("Chinese ModernBERT pre-training (dotted: a stage begins)")
     fig.tight_layout()
-    fig.savefig(out_png + ".tmp.png", dpi=100)
-    os.replace(out_png + ".tmp.png", out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -387,6 +651,12 @@ def fill_mask_demo(model, data_dir, device):
 
 def main(argv):
     cfg, explicit = parse_args(argv)
+    validate_config(cfg)
+    ckpt_path, ckpt = os.path.join(cfg.out_dir, "ckpt.pt"), None
+    if cfg.resume:
+        ckpt, cfg = load_checkpoint(ckpt_path, cfg, explicit)
+    check_environment(cfg)
+    meta, data = load_data(cfg.data_dir)
     ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
@@ -403,21 +673,9 @@ def main(argv):
     master = rank == 0
     device_type = "cuda" if cfg.device.startswith("cuda") else cfg.device
 
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    ckpt = None
-    if cfg.resume:
-        if not os.path.exists(ckpt_path):
-            sys.exit(f"train.py: error: --resume=True but {ckpt_path} does not exist")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        saved = ckpt["config"]  # the run's own settings; only those given now override them
-        cfg = TrainConfig(**{**saved, **{k: getattr(cfg, k) for k in explicit}, "device": cfg.device})
     torch.manual_seed(cfg.seed)
 
-    meta, data = load_data(cfg.data_dir)
-    try:
-        plan = stages(cfg)
-    except (TypeError, ValueError) as e:
-        sys.exit(f"train.py: error: {e}")
+    plan = stages(cfg)  # checked by validate_config
     longest = max(st.seq_len for st in plan)
     # The saved model is the one after the last stage: its config carries that stage's global theta
     # (training passes each stage's theta explicitly, so nothing is mutated mid-run).
@@ -426,8 +684,9 @@ def main(argv):
                               max_seq_len=longest, pad_id=meta["pad_id"],
                               cls_id=meta["cls_id"], sep_id=meta["sep_id"], mask_id=meta["mask_id"])
     if len(data["train"][0]) <= longest:
-        sys.exit(f"train.py: error: {cfg.data_dir}: train.bin has {len(data['train'][0])} tokens, "
-                 f"too few for windows of {longest}")
+        fail(f"{cfg.data_dir}: train.bin has {len(data['train'][0])} tokens, too few for windows of {longest}")
+    if ckpt is not None:
+        check_checkpoint_fits(ckpt, ckpt_path, mcfg, meta)
     model = CMBert(mcfg)
     # Start on the unigram plateau instead of spending the first steps climbing onto it: the decoder
     # bias is set to the log-frequency of every token (smoothed), so the very first prediction is the
@@ -445,14 +704,7 @@ def main(argv):
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr_max, (cfg.beta1, cfg.beta2), fused=True)
     step = 0
     if ckpt is not None:
-        if ckpt["model_config"]["vocab_size"] != meta["vocab_size"]:
-            sys.exit(f"train.py: error: {cfg.data_dir}: vocabulary {meta['vocab_size']} differs from the checkpoint's")
-        model.load_state_dict(ckpt["model"], strict=False)  # the tied decoder weight is not stored
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        step = restore_checkpoint(ckpt, ckpt_path, model, optimizer)
     raw_model = model
     if cfg.compile:
         model = torch.compile(model)
@@ -461,18 +713,15 @@ def main(argv):
     try:
         cfg.dtype = resolve_dtype(cfg.device, cfg.dtype)
     except ValueError as e:
-        sys.exit(f"train.py: error: --dtype: {e}")
+        fail(f"--dtype: {e}")
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
     peak_flops = device_peak_flops(cfg.device, torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32) if master else None
 
     log_path = os.path.join(cfg.out_dir, "log.jsonl")
     if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        # a resumed run keeps the log only up to its checkpoint, so the log reads as one run
-        kept = [l for l in open(log_path)] if ckpt is not None and os.path.exists(log_path) else []
-        kept = [l for l in kept if json.loads(l)["step"] <= step]
-        with open(log_path, "w") as f:
-            f.writelines(kept)
+        rewrite_log(log_path, step if ckpt is not None else None)
+        if ckpt is not None:  # repair: model files newer than ckpt.pt (a kill between the two) are rewritten
+            export_model(cfg, raw_model, meta)
         print(f"model: {raw_model.num_params() / 1e6:.2f}M parameters ({raw_model.num_params(False) / 1e6:.2f}M "
               f"without embeddings), {mcfg.n_layer} layers x {mcfg.n_embd}; data: {meta['train_tokens']:,} "
               f"train tokens; {world} process(es) on {cfg.device}, {cfg.dtype}")
@@ -483,22 +732,8 @@ def main(argv):
                   f"{world} process(es) = {st.batch_size * st.seq_len * cfg.grad_accum * world:,} tokens per step, "
                   f"global RoPE theta {st.rope_theta:g}")
 
-    def save_checkpoint():
-        stage = stage_at(step, cfg)[0] + 1
-        state = dict(model=raw_model.state_dict_clean(), optimizer=optimizer.state_dict(), step=step, stage=stage,
-                     config=dataclasses.asdict(cfg), model_config=dataclasses.asdict(mcfg),
-                     rng=dict(torch=torch.get_rng_state(),
-                              cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None),
-                     data_position=dict(step=step, note="windows and masks are drawn from (seed, step, row)"))
-        torch.save(state, ckpt_path + ".tmp")
-        os.replace(ckpt_path + ".tmp", ckpt_path)
-        raw_model.save_pretrained(cfg.out_dir)
-        shutil.copy(os.path.join(cfg.data_dir, "tokenizer.json"), os.path.join(cfg.out_dir, "tokenizer.json"))
-        plot(log_path, os.path.join(cfg.out_dir, "train.png"), cfg)
-
     def log(row):
-        with open(log_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_log(log_path, row)
 
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (master and cfg.progress), unit="step",
                dynamic_ncols=True)
@@ -542,7 +777,7 @@ def main(argv):
             if bad_steps >= cfg.max_bad_steps:
                 if master:
                     bar.close()
-                sys.exit(f"train.py: error: {bad_steps} non-finite steps in a row at step {step}; stopping. "
+                fail(f"{bad_steps} non-finite steps in a row at step {step}; stopping. "
                          f"The last good checkpoint is {ckpt_path} (try a lower --lr_max)")
         else:
             optimizer.step()
@@ -576,7 +811,8 @@ def main(argv):
                         where = f"< {T_eval}" if g == "near" else f">= {T_eval}"
                         tqdm.write(f"step {step}: {describe(r, f'long documents, positions {where}')}")
             if step % cfg.ckpt_interval == 0 or step == cfg.max_steps:
-                save_checkpoint()
+                save_checkpoint(cfg, raw_model, optimizer, step, stage_at(step, cfg)[0] + 1, mcfg, meta)
+                plot(log_path, os.path.join(cfg.out_dir, "train.png"), cfg)
     bar.close()
     if master:
         elapsed = time.time() - t_start
@@ -595,4 +831,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except OSError as e:  # a full disk, a read-only or vanished directory: one line naming the path
+        fail(f"{e.filename or 'a file'}: {why(e)}")
