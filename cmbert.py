@@ -535,6 +535,13 @@ def device_peak_flops(device, dtype=torch.float32):
     return None
 
 
+def compile_seconds():
+    """Seconds this process has spent in torch.compile so far (tracing and code generation of the
+    forward and backward graphs), read from dynamo's own timers."""
+    from torch._dynamo.utils import compilation_time_metrics as spent
+    return sum(sum(spent.get(k, ())) for k in ("_compile.compile_inner", "backward._backward_impl"))
+
+
 def load_config(model_dir, **overrides):
     """The CMBertConfig saved in model_dir/config.json, with overrides (e.g. attn_backend)."""
     path = os.path.join(model_dir, "config.json")
