@@ -361,7 +361,7 @@ def main(argv):
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     raw_model = model
     if cfg.compile:
-        model = torch.compile(model)  # compiles at the first step of each new shape (stage 2: one more)
+        model = torch.compile(model)  # compiles at step 1, once more when the document count first changes, at stage 2 and for evaluation
         reported = [0.0]
 
         def print_compile_time(*_):  # runs before each step: what the previous step spent compiling
