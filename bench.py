@@ -38,9 +38,10 @@ def bench_prepare(args):
 # ------------------------------------------------------------------------------------------
 # Model: one full training step (forward, backward, AdamW), same shape, batch and labels
 
-def build(which, preset, device, backend="auto"):
+def build(which, preset, device, backend="auto", hf_attn="sdpa"):
     """CMBert (norm='layernorm', so both compute the same function) or transformers' ModernBERT
-    with its best CPU settings: SDPA attention and sparse prediction."""
+    with sparse prediction and `hf_attn` attention (sdpa, or flash_attention_2 where installed).
+    Both get the same AdamW (fused on CUDA)."""
     from cmbert import CMBert, config_from_preset
     cfg = config_from_preset(preset, norm="layernorm", attn_backend=backend)
     if which == "cmbert":
@@ -52,22 +53,34 @@ def build(which, preset, device, backend="auto"):
                               local_attention=cfg.local_window, global_attn_every_n_layers=cfg.global_every,
                               max_position_embeddings=cfg.max_seq_len, sparse_prediction=True,
                               pad_token_id=0, cls_token_id=2, sep_token_id=3, bos_token_id=2, eos_token_id=3,
-                              attn_implementation="sdpa")
+                              attn_implementation=hf_attn)
         model = ModernBertForMaskedLM(hf)
     model.to(device)
-    return model, cfg, torch.optim.AdamW(model.parameters(), lr=1e-4)
+    return model, cfg, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
 
 
-def make_step(which, model, opt, B, T, vocab, device):
+def packed_cu_seqlens(B, T, mean=400, seed=0):
+    """Document boundaries of a packed (B, T) batch: lengths drawn uniformly from [50, 2 * mean - 50]
+    (mean ~400, like pre-training text), every row edge also a boundary."""
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(50, 2 * mean - 50, (2 * B * T // mean + 1,), generator=g)
+    inner = lens.cumsum(0)
+    return torch.unique(torch.cat([torch.zeros(1, dtype=torch.long), inner[inner < B * T], torch.arange(1, B + 1) * T]))
+
+
+def make_step(which, model, opt, B, T, vocab, device, packed=False):
+    """One training step on a fixed random batch, 30% of tokens labelled. packed=True feeds the
+    rows as packed documents (cu_seqlens, CMBert only); otherwise one full document per row."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, vocab, (B, T), generator=g).to(device)
     labels = torch.where(torch.rand(B, T, generator=g) < 0.3, torch.randint(5, vocab, (B, T), generator=g), -100).to(device)
     mask = torch.ones_like(ids)
+    cu = packed_cu_seqlens(B, T).to(device) if packed else None
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda")
 
     def step():
         with autocast:
-            loss = model(ids, labels=labels)[1] if which == "cmbert" else \
+            loss = model(ids, labels=labels, cu_seqlens=cu)[1] if which == "cmbert" else \
                 model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         opt.step()
@@ -89,62 +102,108 @@ def peak_child(which, B, T):
     print(json.dumps({"peak_mb": rss_mb("VmHWM:") - base}))
 
 
-def bench_model(args):
-    from cmbert import device_peak_flops
-    torch.manual_seed(0)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else f'cpu, {torch.get_num_threads()} threads'}, "
-          f"torch {torch.__version__}")
-    if device == "cpu":
-        rows = []
-        for B, T in [(4, 1024), (1, 8192)]:
-            built = {w: build(w, "tiny", "cpu") for w in ["cmbert", "modernbert"]}
-            steps = {w: make_step(w, m, o, B, T, c.vocab_size, "cpu") for w, (m, c, o) in built.items()}
-            times = {w: [] for w in steps}
-            for w in steps:
-                steps[w]()  # warm-up
-            for _ in range(args.steps):  # interleaved, so drift in machine speed hits both alike
-                for w, step in steps.items():
-                    t = time.perf_counter()
-                    step()
-                    times[w].append(time.perf_counter() - t)
-            tok_s = {w: B * T / sorted(ts)[len(ts) // 2] for w, ts in times.items()}
-            peak = {w: json.loads(subprocess.run([sys.executable, __file__, "_peak", w, str(B), str(T)],
-                                                 capture_output=True, text=True, check=True).stdout)["peak_mb"]
-                    for w in steps}
-            rows.append((B, T, tok_s, peak))
-            del built, steps
-        print("tiny preset (4 x 256, I=384, V=32,000, window 128), full training step, 30% labelled, "
-              f"median of {args.steps}")
-        print(f"{'B x T':>10s} {'CMBert tok/s':>13s} {'ModernBERT tok/s':>17s} {'speed-up':>9s} "
-              f"{'CMBert peak MB':>15s} {'ModernBERT peak MB':>19s}")
-        for B, T, tok_s, peak in rows:
-            print(f"{f'{B} x {T}':>10s} {tok_s['cmbert']:13,.0f} {tok_s['modernbert']:17,.0f} "
-                  f"{tok_s['cmbert'] / tok_s['modernbert']:8.2f}x {peak['cmbert']:15,.0f} {peak['modernbert']:19,.0f}")
-        return
-    # GPU: bf16 tokens/s and MFU of the base preset with each available backend
+def matmul_flops(device, n=8192, reps=20):
+    """The bf16 matmul rate this GPU actually reaches (n x n x n products): the MFU denominator."""
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    return reps * 2 * n ** 3 / (time.perf_counter() - t)
+
+
+def gpu_runs():
+    """(label, which, attention backend, compiled, packed) for every configuration the GPU table has."""
     from cmbert import flash_attn_available
-    peak_flops = device_peak_flops(device)
-    backends = ["torch"] + (["flash"] if flash_attn_available() else [])
-    print(f"base preset, bf16 autocast, peak {peak_flops / 1e12 if peak_flops else float('nan'):.0f} TFLOP/s")
-    print(f"{'backend':>8s} {'B x T':>10s} {'tok/s':>10s} {'MFU':>6s} {'peak GB':>8s}")
-    for backend in backends:
-        for B, T in [(16, 1024), (2, 8192)]:
-            model, cfg, opt = build("cmbert", "base", device, backend)
-            step = make_step("cmbert", model, opt, B, T, cfg.vocab_size, device)
+    runs = []
+    for backend in ["torch", "flex"] + (["flash"] if flash_attn_available() else []):
+        for compiled in ([False, True] if backend != "flex" else [True]):  # flex is only fast compiled
+            for packed in (False, True):
+                label = f"cmbert {backend}{' compiled' if compiled else ''}{', packed' if packed else ''}"
+                runs.append((label, "cmbert", backend, compiled, packed))
+    for attn in ["sdpa"] + (["flash_attention_2"] if flash_attn_available() else []):
+        runs.append((f"ModernBERT {attn}", "modernbert", attn, False, False))
+    return runs
+
+
+def bench_model_gpu(args, device="cuda", preset="base", shapes=((16, 1024), (2, 8192))):
+    """base preset, bf16 autocast, full training step: cmbert (each backend, eager and compiled, full
+    rows and packed documents) against transformers' ModernBERT, one process, same shapes."""
+    from cmbert import compile_seconds
+    peak = matmul_flops(device)
+    print(f"measured bf16 matmul rate (8192^3): {peak / 1e12:.0f} TFLOP/s (the MFU denominator)")
+    print(f"{preset} preset, bf16 autocast, fused AdamW, 30% labelled, {args.steps} timed steps after 3 warm-up; "
+          f"packed = documents of mean ~400 tokens")
+    print(f"{'':38s} {'B x T':>9s} {'tok/s':>10s} {'MFU':>6s} {'peak GB':>8s} {'compile s':>10s} {'vs ModernBERT':>14s}")
+    for B, T in shapes:
+        rows = []
+        for label, which, backend, compiled, packed in gpu_runs():
+            if args.only and not any(o in label for o in args.only.split(",")):
+                continue
+            torch._dynamo.reset()
+            torch.cuda.empty_cache()
+            model, cfg, opt = build(which, preset, device, backend if which == "cmbert" else "torch",
+                                    hf_attn=backend if which == "modernbert" else "sdpa")
+            if compiled:
+                model = torch.compile(model)
+            step = make_step(which, model, opt, B, T, cfg.vocab_size, device, packed)
+            c0 = compile_seconds()
             for _ in range(3):
                 step()
             torch.cuda.synchronize()
+            c = compile_seconds() - c0
             torch.cuda.reset_peak_memory_stats()
             t = time.perf_counter()
             for _ in range(args.steps):
                 step()
             torch.cuda.synchronize()
             tok_s = B * T * args.steps / (time.perf_counter() - t)
-            mfu = model.estimate_mfu(tok_s, T, peak_flops)
-            print(f"{backend:>8s} {f'{B} x {T}':>10s} {tok_s:10,.0f} {mfu or float('nan'):6.1%} "
-                  f"{torch.cuda.max_memory_allocated() / 2**30:8.1f}")
+            flops = (model._orig_mod if compiled else model).flops_per_token(T) if which == "cmbert" else None
+            rows.append((label, tok_s, flops, torch.cuda.max_memory_allocated() / 2**30, c))
             del model, opt, step
+        ref = next((r[1] for r in rows if r[0] == "ModernBERT sdpa"), None)
+        flops = next((r[2] for r in rows if r[2]), None)  # the same model, so the same FLOPs per token
+        for label, tok_s, _, mem, c in rows:
+            mfu = flops * tok_s / peak if flops else float("nan")
+            print(f"{label:38s} {f'{B} x {T}':>9s} {tok_s:10,.0f} {mfu:6.1%} {mem:8.1f} {c:10.0f} "
+                  f"{tok_s / ref if ref else float('nan'):13.2f}x")
+
+
+def bench_model(args):
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else f'cpu, {torch.get_num_threads()} threads'}, "
+          f"torch {torch.__version__}")
+    if device == "cuda":
+        return bench_model_gpu(args)
+    rows = []
+    for B, T in [(4, 1024), (1, 8192)]:
+        built = {w: build(w, "tiny", "cpu") for w in ["cmbert", "modernbert"]}
+        steps = {w: make_step(w, m, o, B, T, c.vocab_size, "cpu") for w, (m, c, o) in built.items()}
+        times = {w: [] for w in steps}
+        for w in steps:
+            steps[w]()  # warm-up
+        for _ in range(args.steps):  # interleaved, so drift in machine speed hits both alike
+            for w, step in steps.items():
+                t = time.perf_counter()
+                step()
+                times[w].append(time.perf_counter() - t)
+        tok_s = {w: B * T / sorted(ts)[len(ts) // 2] for w, ts in times.items()}
+        peak = {w: json.loads(subprocess.run([sys.executable, __file__, "_peak", w, str(B), str(T)],
+                                             capture_output=True, text=True, check=True).stdout)["peak_mb"]
+                for w in steps}
+        rows.append((B, T, tok_s, peak))
+        del built, steps
+    print("tiny preset (4 x 256, I=384, V=32,000, window 128), full training step, 30% labelled, "
+          f"median of {args.steps}")
+    print(f"{'B x T':>10s} {'CMBert tok/s':>13s} {'ModernBERT tok/s':>17s} {'speed-up':>9s} "
+          f"{'CMBert peak MB':>15s} {'ModernBERT peak MB':>19s}")
+    for B, T, tok_s, peak in rows:
+        print(f"{f'{B} x {T}':>10s} {tok_s['cmbert']:13,.0f} {tok_s['modernbert']:17,.0f} "
+              f"{tok_s['cmbert'] / tok_s['modernbert']:8.2f}x {peak['cmbert']:15,.0f} {peak['modernbert']:19,.0f}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -240,5 +299,6 @@ if __name__ == "__main__":
     p.add_argument("--data_dir", default="data/default")
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--steps", type=int, default=5, help="timed training steps per model and shape")
+    p.add_argument("--only", default="", help="model: GPU rows whose label contains one of these (comma-separated)")
     args = p.parse_args()
     {"prepare": bench_prepare, "model": bench_model, "masking": bench_masking}[args.what](args)

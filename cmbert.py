@@ -13,7 +13,7 @@ Two ways to feed a batch, which give the same outputs for the same documents:
 Attention never crosses a document and RoPE positions restart at each document.
 """
 import contextlib, json, math, os, tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
@@ -43,7 +43,7 @@ class CMBertConfig:
     cls_id: int = 2
     sep_id: int = 3
     mask_id: int = 4
-    attn_backend: str = "auto"         # "auto" (flash-attn when it can run, else torch), "flash", "torch"
+    attn_backend: str = "auto"         # "auto" (flash-attn when it can run, else torch), "torch", "flex", "flash"
 
     def __post_init__(self):
         assert self.n_embd % self.n_head == 0, "n_embd must be a multiple of n_head"
@@ -54,7 +54,7 @@ class CMBertConfig:
             f"n_layer={self.n_layer}: the last layer must be global ((n_layer - 1) % global_every == 0)"
         assert self.local_window % 2 == 0 and self.local_window > 0, "local_window must be even"
         assert self.norm in ("rmsnorm", "layernorm"), f"norm={self.norm!r}: rmsnorm or layernorm"
-        assert self.attn_backend in ("auto", "flash", "torch"), f"attn_backend={self.attn_backend!r}"
+        assert self.attn_backend in ("auto", "flash", "flex", "torch"), f"attn_backend={self.attn_backend!r}"
         assert self.classifier_pooling in ("cls", "mean")
 
     def is_global(self, i):
@@ -76,7 +76,19 @@ def config_from_preset(name, **overrides):
 
 
 # ------------------------------------------------------------------------------------------
-# Attention: one entry point, two backends
+# Attention: one entry point, three backends
+#
+#   torch  PyTorch's scaled_dot_product_attention (SDPA) with boolean masks, built once per forward
+#          and shared by all layers. Local layers over long rows go block-wise (local_attention), so
+#          nothing is T x T. The default: runs everywhere, measured on CPU and on an H100.
+#   flex   FlexAttention: the same rule (same document, and |i - j| <= window/2 in local layers)
+#          written as a mask function; a block mask, built once per forward, lists the 128 x 128
+#          tiles that hold any allowed pair, and the kernel computes only those tiles. No T x T mask
+#          for packed documents, no copied key blocks. Fast only under torch.compile (its eager
+#          fallback materialises all scores), so it is opt-in until measured on a GPU.
+#   flash  flash-attn's varlen kernel over the unpadded tokens (optional package, CUDA, fp16/bf16).
+#
+# Every backend computes exactly the reference rule, tested against a dense T x T implementation.
 
 def flash_attn_available():
     try:
@@ -89,42 +101,82 @@ def flash_attn_available():
 @dataclass
 class Layout:
     """Where every token sits, computed once per forward and shared by all layers.
-    torch backend: tokens stay (B, T); `doc` is each token's document id, -1 for padding.
-    flash backend: the valid tokens are flattened to (N,), documents delimited by cu_seqlens."""
+    torch/flex: tokens stay (B, T); `doc` is each token's document id, -1 for padding.
+    flash: the valid tokens are flattened to (N,), documents delimited by cu_seqlens.
+    `rows` tells the torch backend what a cheaper mask may assume:
+      "docs"   any arrangement (packed documents, padding): same-document masks;
+      "padded" one document per row, possibly padded (attention_mask): a key-padding mask;
+      "full"   one unpadded document per row: no mask at all."""
     pos: torch.Tensor                  # position within its document (RoPE restarts per document)
     doc: torch.Tensor                  # (B, T) document id, -1 = padding
+    backend: str = "torch"             # "torch", "flex" or "flash"
+    rows: str = "docs"                 # "docs", "padded" or "full" (see above)
     cu_seqlens: torch.Tensor = None    # flash only
     max_seqlen: int = 0                # flash only
     keep: torch.Tensor = None          # flash only: which of the B*T slots hold real tokens
-    masks: dict = None                 # torch only: attention masks, built once, reused by layers
+    masks: dict = field(default_factory=dict)  # torch/flex: masks by kind, built once, reused by layers
 
 
 def attention(q, k, v, layout, window, dropout_p):
     """Scaled dot-product attention within documents; window=None for global layers.
-    q, k, v: (B, T, H, D) for the torch backend, (N, H, D) for flash. Returns the same shape."""
-    if layout.cu_seqlens is not None:
+    q, k, v: (B, T, H, D) for torch and flex, (N, H, D) for flash. Returns the same shape.
+    The rule every backend implements: query i sees key j iff both are in the same document and,
+    for a local layer, |i - j| <= window // 2 (a total window of 128 is 64 on each side)."""
+    half = window // 2 if window else None
+    if layout.backend == "flash":
         from flash_attn import flash_attn_varlen_func
         # flash-attn's window is inclusive on both sides: (64, 64) lets i see |i - j| <= 64
-        w = (window // 2, window // 2) if window else (-1, -1)
+        w = (half, half) if half else (-1, -1)
         return flash_attn_varlen_func(q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_seqlen,
                                       layout.max_seqlen, dropout_p=dropout_p, causal=False, window_size=w)
-    if window and q.shape[1] > window // 2 + 1:  # shorter rows: every pair is inside the window
-        return local_attention(q, k, v, layout, window // 2, dropout_p)
-    mask = layout.masks.get("global")
-    if mask is None and "global" not in layout.masks:
-        doc = layout.doc  # same-document mask, or None when every row is one unpadded document
-        single = bool((doc == doc[:, :1]).all()) and bool((doc >= 0).all())
-        mask = layout.masks["global"] = None if single else (doc[:, None, :, None] == doc[:, None, None, :])
+    T = q.shape[1]
+    if half is not None and T - 1 <= half:  # short rows: every pair is inside the window
+        half = None
+    if layout.backend == "flex":
+        return flex_backend(q, k, v, layout, half, dropout_p)
+    if half is not None and T > 3 * half:  # long rows: block-wise, O(T * window)
+        return local_attention(q, k, v, layout, half, dropout_p)
+    # short rows (at most 3 blocks): one dense (T x T) band mask is cheaper than the blocks
+    key = "global" if half is None else "band"
+    if key not in layout.masks:
+        layout.masks[key] = dense_mask(layout, half, T, q.device)
     y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                       attn_mask=mask, dropout_p=dropout_p)
+                                       attn_mask=layout.masks[key], dropout_p=dropout_p)
     return y.transpose(1, 2)
 
 
+def dense_mask(layout, half, T, device):
+    """Boolean mask broadcastable to (B, 1, T, T), or None when every pair may attend. The smallest
+    one the layout allows: nothing, key padding (B, 1, 1, T), or same-document (B, 1, T, T)."""
+    doc = layout.doc
+    if layout.rows == "full":
+        allowed = None
+    elif layout.rows == "padded":
+        allowed = (doc >= 0)[:, None, None, :]
+    else:  # padding (-1) matches padding, so no query row is empty (an empty row would give NaN)
+        allowed = doc[:, None, :, None] == doc[:, None, None, :]
+    if half is None:
+        return allowed
+    i = torch.arange(T, device=device)
+    band = (i[:, None] - i[None, :]).abs() <= half
+    if allowed is None:
+        return band
+    mask = band & allowed
+    if layout.rows == "padded":  # a padding query far from every real token would see no key at
+        mask = mask | (doc < 0)[:, None, :, None]  # all: let it see every key (its output is unused)
+    return mask
+
+
 def local_attention(q, k, v, layout, h, dropout_p):
-    """Exact sliding-window attention (|i - j| <= h) in O(T * h) time and memory: cut the sequence
-    into blocks of h queries; each block attends to its own and its two neighbouring key blocks
-    (3h keys, of which 2h + 1 can be inside the window). HF ModernBERT's T x T mask is what this
-    avoids: at T = 8,192 that mask alone is 67M entries per layer."""
+    """Exact sliding-window attention (|i - j| <= h) in O(T * h) time and memory.
+
+    Why it equals the band-mask definition: cut the sequence into blocks of h queries. Query i in
+    block b = i // h can only see keys j with |i - j| <= h, and all of those lie in blocks b - 1, b
+    and b + 1 (a key more than one block away is more than h positions away). So attending over
+    those 3h keys with the band mask |i - j| <= h (and the same-document mask) drops no allowed pair
+    and adds none: the softmax runs over exactly the keys the dense definition allows. HF
+    ModernBERT's T x T mask is what this avoids: at T = 8,192 that mask alone is 67M entries per
+    layer. (The 3h key blocks are copies; the flex backend computes the same without them.)"""
     B, T, H, D = q.shape
     nb = -(-T // h)  # number of blocks
     pad = nb * h - T
@@ -147,18 +199,60 @@ def local_attention(q, k, v, layout, h, dropout_p):
     return y.view(B, nb, H, h, D).permute(0, 1, 3, 2, 4).reshape(B, nb * h, H, D)[:, :T]
 
 
+def flex_backend(q, k, v, layout, half, dropout_p):
+    """FlexAttention: the rule as a mask function of (row b, head, query i, key j); padding (-1)
+    matches padding, so no row is empty. Under torch.compile this is one fused kernel that skips
+    every 128 x 128 tile without an allowed pair (most of them, for packed short documents)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    if dropout_p:
+        raise ValueError("attn_backend='flex' has no attention dropout: set attn_dropout=0 or use 'torch'")
+    key = "flex_global" if half is None else "flex_local"
+    if key not in layout.masks:
+        doc = layout.doc
+
+        def same_doc(b, h, i, j):
+            return doc[b, i] == doc[b, j]
+
+        def in_window(b, h, i, j):
+            return (doc[b, i] == doc[b, j]) & ((i - j).abs() <= half)
+        B, T = doc.shape
+        # outside torch.compile on CUDA, build the block mask with a compiled kernel rather than a
+        # dense (B, T, T) evaluation of the mask function (create_block_mask's `_compile` switch)
+        fast = doc.is_cuda and not torch.compiler.is_compiling()
+        layout.masks[key] = create_block_mask(same_doc if half is None else in_window, B, None, T, T,
+                                              device=doc.device, _compile=fast)
+    fn = flex_attention
+    if q.is_cuda and not torch.compiler.is_compiling():
+        fn = compiled_flex_attention()  # eager model on a GPU: still use the fused kernel
+    y = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=layout.masks[key])
+    return y.transpose(1, 2)
+
+
+_compiled_flex = None
+
+
+def compiled_flex_attention():
+    global _compiled_flex
+    if _compiled_flex is None:
+        from torch.nn.attention.flex_attention import flex_attention
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
 # ------------------------------------------------------------------------------------------
 # The encoder. Module names follow Hugging Face's ModernBERT, so export is a plain state dict.
 
 def rope(x, cos, sin):
-    """GPT-NeoX (rotate-half) rotary embedding; cos/sin are computed in fp32 and cast once."""
+    """GPT-NeoX (rotate-half) rotary embedding: dimension d is paired with d + D/2 and each pair
+    (x1, x2) turns by its angle: (x1 cos - x2 sin, x2 cos + x1 sin). cos/sin are half width (D/2),
+    computed in fp32 and cast once per forward; x holds q and k together, so this runs once."""
     x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-class RMSNorm(nn.RMSNorm):
-    def forward(self, x):  # in fp32 under autocast, as autocast already does for LayerNorm
-        return super().forward(x.float()).to(x.dtype)
+# nn.RMSNorm computes in fp32 internally for bf16/fp16 inputs and returns the input dtype; the
+# residual stream is fp32 under autocast anyway, so no explicit round trip is needed.
+RMSNorm = nn.RMSNorm
 
 
 def Norm(cfg):
@@ -231,49 +325,61 @@ class Encoder(nn.Module):
         if cfg.attn_backend == "flash" and not flash_attn_available():
             raise RuntimeError("attn_backend='flash' but the flash_attn package does not import")
 
-    def use_flash(self, ids):
-        if self.cfg.attn_backend == "torch":
-            return False
+    def backend(self, ids):
+        """The attention backend for this call: the configured one; "auto" picks flash-attn where
+        it can run (CUDA, fp16/bf16, package installed) and torch otherwise."""
+        if self.cfg.attn_backend in ("torch", "flex"):
+            return self.cfg.attn_backend
         half = torch.is_autocast_enabled("cuda") or self.embeddings.tok_embeddings.weight.dtype in (torch.float16, torch.bfloat16)
         ok = ids.is_cuda and half and flash_attn_available()
         if self.cfg.attn_backend == "flash" and not ok:
             raise RuntimeError("attn_backend='flash' needs CUDA tensors in fp16/bf16 (autocast or .to(dtype))")
-        return ok
+        return "flash" if ok else "torch"
+
+    def use_flash(self, ids):
+        return self.backend(ids) == "flash"
 
     def layout(self, ids, attention_mask, cu_seqlens):
-        """Document id and position of every token, from a padded or a packed batch."""
+        """Document id and position of every token, from a padded or a packed batch. Built from
+        tensors only: no host synchronisation and nothing torch.compile cannot trace (the checks of
+        cu_seqlens run on the host in eager mode only; compiled, they become device-side asserts)."""
         shape = ids.shape if ids.dim() == 2 else (1, ids.numel())
         B, T = shape
+        dev = ids.device
         if cu_seqlens is None:  # padded: row b is document b
-            valid = torch.ones(shape, dtype=torch.bool, device=ids.device) if attention_mask is None \
-                else attention_mask.view(shape).bool()
-            doc = torch.where(valid, torch.arange(B, device=ids.device)[:, None], -1)
-            pos = valid.long().cumsum(1) - 1
+            rows = "full" if attention_mask is None else "padded"
+            if attention_mask is None:
+                pos = torch.arange(T, device=dev).expand(B, T)
+                doc = torch.arange(B, device=dev)[:, None].expand(B, T)
+            else:
+                valid = attention_mask.view(shape).bool()
+                doc = torch.where(valid, torch.arange(B, device=dev)[:, None], -1)
+                pos = (valid.long().cumsum(1) - 1).clamp(min=0)
         else:  # packed: documents end to end over the flattened B * T tokens
-            assert attention_mask is None, "a packed batch has no padding: pass cu_seqlens or attention_mask"
-            cu = cu_seqlens.to(ids.device, torch.long)
-            assert int(cu[-1]) == B * T, f"cu_seqlens ends at {int(cu[-1])}, the batch has {B * T} tokens"
-            flat = torch.arange(B * T, device=ids.device)
+            if attention_mask is not None:
+                raise ValueError("a packed batch has no padding: pass cu_seqlens or attention_mask")
+            rows = "docs"
+            cu = cu_seqlens.to(dev, torch.long)
+            check_cu_seqlens(cu, B, T)
+            flat = torch.arange(B * T, device=dev)
             d = torch.searchsorted(cu[1:], flat, right=True)
             pos, doc = (flat - cu[d]).view(shape), d.view(shape)
-            if B > 1 and (doc[1:, 0] == doc[:-1, -1]).any():
-                raise ValueError(f"packed (B, T) input: every multiple of T={T} must be in cu_seqlens")
-        pos = pos.clamp(min=0)
-        if not self.use_flash(ids):
-            return Layout(pos=pos, doc=doc, masks={})
+        backend = self.backend(ids)
+        if backend != "flash":
+            return Layout(pos=pos, doc=doc, backend=backend, rows=rows)
         keep = (doc >= 0).flatten()
         lengths = torch.bincount(doc.flatten()[keep])
         cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
-        return Layout(pos=pos.flatten()[keep], doc=doc, cu_seqlens=cu, max_seqlen=int(lengths.max()), keep=keep)
+        return Layout(pos=pos.flatten()[keep], doc=doc, backend="flash", cu_seqlens=cu,
+                      max_seqlen=int(lengths.max()), keep=keep)  # flash-attn needs max_seqlen on the host
 
     def rotary(self, pos, dtype, theta_global):
-        """cos/sin for global and local layers, in fp32, cast once to the compute dtype."""
+        """cos/sin (half width) for global and local layers, in fp32, cast once to the compute dtype."""
         D = self.cfg.n_embd // self.cfg.n_head
         out = {}
         for kind, theta in [("global", theta_global), ("local", self.cfg.rope_theta_local)]:
             inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, device=pos.device, dtype=torch.float32) / D)
-            ang = pos.float()[..., None] * inv_freq
-            ang = torch.cat((ang, ang), dim=-1)[..., None, None, :]  # broadcast over (q|k, heads)
+            ang = (pos.float()[..., None] * inv_freq)[..., None, None, :]  # broadcast over (q|k, heads)
             out[kind] = (ang.cos().to(dtype), ang.sin().to(dtype))
         return out
 
@@ -296,6 +402,21 @@ class Encoder(nn.Module):
         return x.reshape(*input_ids.shape, -1)
 
 
+def check_cu_seqlens(cu, B, T):
+    """cu_seqlens must run from 0 to B * T and contain every row edge (a row is never shared by two
+    documents' halves). Eager: clear errors, one host synchronisation per forward. Under
+    torch.compile: device-side asserts, so the traced graph has no break and no synchronisation."""
+    ends_right = cu[-1] == B * T
+    edges = torch.arange(1, B, device=cu.device) * T
+    edges_in = torch.isin(edges, cu).all()
+    if torch.compiler.is_compiling():
+        torch._assert_async(ends_right, "cu_seqlens must end at the number of tokens in the batch")
+        torch._assert_async(edges_in, "packed (B, T) input: every multiple of T must be in cu_seqlens")
+        return
+    if not ends_right:
+        raise ValueError(f"cu_seqlens ends at {int(cu[-1])}, the batch has {B * T} tokens")
+    if not edges_in:
+        raise ValueError(f"packed (B, T) input: every multiple of T={T} must be in cu_seqlens")
 class Head(nn.Module):
     """ModernBERT's prediction head: dense, GELU, norm (shared by the MLM and classification models)."""
     def __init__(self, cfg):
@@ -452,6 +573,13 @@ def device_peak_flops(device, dtype=torch.float32):
             a @ b
         return 8 * 2 * 1024 ** 3 / (time.perf_counter() - t)
     return None
+
+
+def compile_seconds():
+    """Seconds this process has spent in torch.compile so far (tracing and code generation of the
+    forward and backward graphs), read from dynamo's own timers."""
+    from torch._dynamo.utils import compilation_time_metrics as spent
+    return sum(sum(spent.get(k, ())) for k in ("_compile.compile_inner", "backward._backward_impl"))
 
 
 # Config fields that shape the weights or change what they compute: a saved folder fixes them.

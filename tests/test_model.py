@@ -26,22 +26,51 @@ def dense_reference(q, k, v, doc, half):
     return torch.einsum("bhij,bjhd->bihd", scores.softmax(-1), v)
 
 
+def layouts(T):
+    """The three row arrangements the torch backend has a mask for, as (rows, doc) pairs:
+    packed documents with padding, one padded document per row, one full document per row."""
+    docs = torch.zeros(2, T, dtype=torch.long)
+    docs[1, T // 3:] = 1          # row 1 packs two documents...
+    docs[1, T - T // 5:] = -1     # ...and ends with padding
+    padded = torch.tensor([[0], [1]]).expand(2, T).clone()
+    padded[1, T - T // 2:] = -1
+    full = torch.tensor([[0], [1]]).expand(2, T)
+    return [("docs", docs), ("padded", padded), ("full", full)]
+
+
 @pytest.mark.parametrize("T", [1, 7, 64, 100, 128, 203])
 @pytest.mark.parametrize("window", [16, 128])
 def test_sliding_window_is_exact(T, window):
-    """Block-wise local attention equals dense attention with the |i - j| <= w/2 mask, at the edges,
-    across block boundaries, for lengths that are and are not multiples of the block size."""
+    """The torch backend equals dense attention with the |i - j| <= w/2 and same-document mask, at
+    the edges, across block boundaries, for lengths that are and are not multiples of the block
+    size, on the block-wise path (T > 1.5 window), the dense band path and the global path, for
+    every mask the layout allows (same document, key padding, none)."""
     torch.manual_seed(T)
     q, k, v = (torch.randn(2, T, 3, 8, dtype=torch.float64) for _ in range(3))
-    doc = torch.zeros(2, T, dtype=torch.long)
-    doc[1, T // 3:] = 1          # row 1 packs two documents...
-    doc[1, T - T // 5:] = -1     # ...and ends with padding
-    got = attention(q, k, v, Layout(pos=None, doc=doc, masks={}), window, 0.0)
-    want = dense_reference(q, k, v, doc, window // 2)
-    valid = doc >= 0
-    assert torch.allclose(got[valid], want[valid], atol=1e-10)
-    got_global = attention(q, k, v, Layout(pos=None, doc=doc, masks={}), None, 0.0)
-    assert torch.allclose(got_global[valid], dense_reference(q, k, v, doc, None)[valid], atol=1e-10)
+    for rows, doc in layouts(T):
+        valid = doc >= 0
+        for w in (window, None):
+            lay = Layout(pos=None, doc=doc, rows=rows)
+            got = attention(q, k, v, lay, w, 0.0)
+            want = dense_reference(q, k, v, doc, w // 2 if w else None)
+            assert torch.allclose(got[valid], want[valid], atol=1e-10), (rows, w)
+            assert torch.isfinite(got).all(), (rows, w)  # padding rows too: no NaN can leak
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_backend_is_exact():
+    """FlexAttention (eager here: the same mask function and block mask the compiled kernel uses)
+    equals the dense reference for local and global layers over packed documents with padding."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    torch.manual_seed(3)
+    T = 203
+    q, k, v = (torch.randn(2, T, 3, 8, dtype=torch.float64) for _ in range(3))
+    rows, doc = layouts(T)[0]
+    lay = Layout(pos=None, doc=doc, backend="flex")
+    for w in (16, None):
+        got = attention(q, k, v, lay, w, 0.0)
+        want = dense_reference(q, k, v, doc, w // 2 if w else None)
+        assert torch.allclose(got[doc >= 0], want[doc >= 0], atol=1e-10), w
 
 
 def test_packed_equals_padded_and_documents_are_isolated():
@@ -72,6 +101,55 @@ def test_packed_equals_padded_and_documents_are_isolated():
         changed, _ = model(other, cu_seqlens=cu)
     assert torch.equal(changed[:cu[1]], flat[:cu[1]]) and torch.equal(changed[cu[2]:], flat[cu[2]:])
     assert not torch.allclose(changed[cu[1]:cu[2]], flat[cu[1]:cu[2]])
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_model_equals_torch_model():
+    """The whole model through FlexAttention: same outputs as the torch backend, packed and padded."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    torch.manual_seed(4)
+    ref = CMBert(small_config()).eval()
+    flex = CMBert(small_config(attn_backend="flex")).eval()
+    flex.load_state_dict(ref.state_dict())
+    ids = torch.randint(5, 512, (2, 70))
+    cu = torch.tensor([0, 30, 70, 75, 140])
+    mask = torch.ones_like(ids)
+    mask[1, 50:] = 0
+    with torch.no_grad():
+        assert torch.allclose(flex(ids, cu_seqlens=cu)[0], ref(ids, cu_seqlens=cu)[0], atol=1e-5)
+        assert torch.allclose(flex(ids, mask)[0][mask.bool()], ref(ids, mask)[0][mask.bool()], atol=1e-5)
+
+
+def test_forward_compiles_without_graph_breaks_and_recompiles_a_bounded_number_of_times():
+    """torch.compile(fullgraph=True) traces forward + loss in one graph (no graph break, no host
+    synchronisation) for padded and packed batches. Dynamo's tracing is what is tested (backend
+    'eager'); inductor's code generation takes minutes on a CPU. Packed batches whose number of
+    documents differs recompile once (the length of cu_seqlens becomes a dynamic size), then never."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(5)
+    model = CMBert(small_config())
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    ids = torch.randint(5, 512, (2, 64))
+    labels = torch.where(torch.rand(2, 64) < 0.3, ids, -100)
+    mask = torch.ones_like(ids)
+    mask[1, 40:] = 0
+    calls = [dict(attention_mask=mask), dict(cu_seqlens=torch.tensor([0, 30, 64, 100, 128])),
+             dict(cu_seqlens=torch.tensor([0, 10, 64, 128])), dict(cu_seqlens=torch.tensor([0, 10, 20, 64, 70, 128])),
+             dict(cu_seqlens=torch.tensor([0, 64, 128]))]
+    for kw in calls:
+        _, loss = compiled(ids, labels=labels, **kw)
+        loss.backward()
+        assert torch.allclose(loss, model(ids, labels=labels, **kw)[1], atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == 3  # padded, packed, packed with a dynamic document count
+
+
+def test_cu_seqlens_must_cover_the_batch():
+    model = CMBert(small_config())
+    with pytest.raises(ValueError, match="ends at 15"):
+        model(torch.randint(5, 512, (2, 10)), cu_seqlens=torch.tensor([0, 10, 15]))
 
 
 def test_packed_rows_must_end_on_document_boundaries():
