@@ -337,10 +337,6 @@ def cmrc_f1(prediction, answers):
     return best
 
 
-def cmrc_em_f1(prediction, answers):
-    return cmrc_em(prediction, answers), cmrc_f1(prediction, answers)
-
-
 class CMBertForSpans(PreTrained):
     """Encoder + a linear layer giving start and end logits per token (CMRC2018)."""
     def __init__(self, cfg):
@@ -556,7 +552,7 @@ def run_classification(task, data, model, hp, seed, args):
     return fine_tune(model, batches, len(train_x), evaluate, hp, args, task)
 
 
-def load_cmrc(paths, tok, args):
+def load_cmrc(task, paths, tok, args):
     hp = settings("cmrc2018", args)
     train = nonempty(read_cmrc(paths["train"]), paths["train"], "questions")
     lost = [ex for ex in train if not any(s >= 0 for _, s in ex["answers"])]  # no answer found in the context
@@ -600,14 +596,14 @@ def run_cmrc(task, data, model, hp, seed, args):
                 best[q] = max(best[q], best_span(start[k], end[k], w))
         em = f1 = 0.0
         for ex, (_, a, b) in zip(dev, best):
-            e, f = cmrc_em_f1(ex["context"][a:b], [t for t, _ in ex["answers"]])
-            em, f1 = em + e, f1 + f
+            refs = [t for t, _ in ex["answers"]]
+            em, f1 = em + cmrc_em(ex["context"][a:b], refs), f1 + cmrc_f1(ex["context"][a:b], refs)
         return f1 / len(dev), em / len(dev)
 
     return fine_tune(model, batches, len(train_x), evaluate, hp, args, task)
 
 
-def load_simclue(paths, tok, args):
+def load_simclue(task, paths, tok, args):
     """Training rows (anchor, positive, hard negative or None): the label-1 pairs of train.json
     and, when train_rank.json sits beside it, its (query, title, neg_title) triples. Label-0 pairs
     are not used for training (InfoNCE needs a positive for every anchor); dev is every pair."""
@@ -659,15 +655,6 @@ def run_simclue(task, data, model, hp, seed, args):
 
 # ------------------------------------------------------------------------------------------
 # Models, seeds, saving, the results table
-
-LOADERS = dict(span=load_cmrc, simclue=load_simclue)
-RUNNERS = dict(span=run_cmrc, simclue=run_simclue)
-
-
-def load_task(task, paths, tok, args):
-    loader = LOADERS.get(TASKS[task]["kind"])
-    return loader(paths, tok, args) if loader else load_classification(task, paths, tok, args)
-
 
 def build_model(task, data, args):
     """The pre-trained weights, or (--init random) the same architecture freshly initialised.
@@ -721,7 +708,7 @@ def aggregate(per_seed, metric):
 def run_task(task, data, args, tok_path):
     hp, kind = settings(task, args), TASKS[task]["kind"]
     metric = {"span": "F1 / EM", "simclue": "Spearman / Pearson"}.get(kind, "acc")
-    runner = RUNNERS.get(kind, run_classification)
+    runner = run_cmrc if kind == "span" else run_simclue if kind == "simclue" else run_classification
     per_seed = []
     for seed in range(args.seed, args.seed + hp["seeds"]):
         torch.manual_seed(seed)
@@ -924,7 +911,9 @@ def evaluate_tasks(args):
     check_tokenizer(tok, tok_path, args)
     data = {}
     for task in tasks:  # read, validate and encode every task before training any
-        data[task] = load_task(task, paths[task], tok, args)
+        kind = TASKS[task]["kind"]
+        load = load_cmrc if kind == "span" else load_simclue if kind == "simclue" else load_classification
+        data[task] = load(task, paths[task], tok, args)
     out = args.out or os.path.join(args.model_dir, "results_clue.json")
     results = {}
     for task in tasks:
