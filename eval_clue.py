@@ -120,7 +120,7 @@ def read_classification(kind, path):
         elif kind == "pair":
             a, b = field(o, "sentence1", path, lineno), field(o, "sentence2", path, lineno)
         elif kind == "csl":  # the keywords, joined, paired with the abstract
-            kw = field(o, "keyword", path, lineno, kind=list)
+            kw = field(o, "keyword", path, lineno, kind=None)
             if not isinstance(kw, list) or not all(isinstance(k, str) for k in kw):
                 raise EvalError(f"{path}: line {lineno}: field 'keyword' is {kw!r}, not a list of texts")
             a, b = "、".join(kw), field(o, "abst", path, lineno)
@@ -133,7 +133,7 @@ def read_classification(kind, path):
 def mark_wsc(o, path, lineno):
     """CLUEWSC2020: mark the candidate noun phrase with [ ] and the pronoun with < >, inserted at the
     given character offsets, so the classifier sees which two spans the question is about."""
-    text, t = field(o, "text", path, lineno), field(o, "target", path, lineno, kind=dict)
+    text, t = field(o, "text", path, lineno), field(o, "target", path, lineno, kind=None)
     if not isinstance(t, dict):
         raise EvalError(f"{path}: line {lineno}: field 'target' is {t!r}, not an object")
     spans = []
@@ -804,10 +804,11 @@ def number(kind, low, high=None, low_open=False):
 
 
 def parse_args(argv):
-    defaults = "\n".join(f"  {t:12s} {s['epochs']:>2} epochs, lr {s['lr']:g}, batch {s['batch']}, length {s['max_len']}, "
-                         f"{s.get('seeds', 1)} seed{'s' * (s.get('seeds', 1) > 1)}" for t, s in TASKS.items())
+    plural = lambda n, word: f"{n} {word}{'s' * (n > 1)}"  # noqa: E731
+    defaults = "\n".join(f"  {t:12s} {plural(s['epochs'], 'epoch'):>9s}, lr {s['lr']:g}, batch {s['batch']}, length "
+                         f"{s['max_len']}, {plural(s.get('seeds', 1), 'seed')}" for t, s in TASKS.items())
     p = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 2)[2] + "\n\nPer-task defaults (CLUE's baseline settings):\n" + defaults)
+                                epilog=__doc__.split("\n\n", 2)[2] + "\n\nPer-task defaults (CLUE's baseline settings; SimCLUE's are this project's choice):\n" + defaults)
     p.add_argument("--model_dir", default="out", help="a directory written by train.py (default: %(default)s)")
     p.add_argument("--data_dir", default="data/clue", help="the CLUE folders (default: %(default)s)")
     p.add_argument("--tasks", default="all", help="comma-separated, or all: every task whose files exist (default: all)")
