@@ -14,7 +14,7 @@ sentence embeddings and the 0/1 label, next to the same score before fine-tuning
 with --seeds seeds (mean +- std and per-seed scores). Results go to <model_dir>/results_clue.json
 (or --out), rewritten after each task, and a markdown table on stdout.
 """
-import argparse, hashlib, json, math, os, random, re, shutil, sys, time
+import argparse, hashlib, json, math, os, random, re, shutil, sys, tempfile, time
 
 import numpy as np
 import torch
@@ -679,8 +679,9 @@ def save_model(model, task, data, seed, args, tok_path):
     task.json (the model class and, for classifiers, the label list in output order). Written under a
     temporary name, then renamed, so a directory that exists is complete."""
     final = os.path.join(args.save, task, f"seed{seed}")
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".seed{seed}.", dir=os.path.dirname(final))  # a new name: never follows a link
+    os.chmod(tmp, 0o755)
     model.save_pretrained(tmp)
     shutil.copyfile(tok_path, os.path.join(tmp, "tokenizer.json"))
     write_json(os.path.join(tmp, "task.json"), dict(task=task, model_class=type(model).__name__, seed=seed,

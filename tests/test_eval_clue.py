@@ -265,7 +265,9 @@ def test_saved_classifier_reloads_with_the_same_logits(tmp_path, model_dir):
     ids = torch.randint(5, 1000, (2, 9))
     mask = torch.tensor([[1] * 9, [1] * 5 + [0] * 4])
     assert torch.equal(model(ids, mask)[0], again(ids, mask)[0]) and meta["labels"] == ["100", "102", "104"]
-    assert os.path.exists(os.path.join(folder, "tokenizer.json")) and not os.path.exists(folder + ".tmp")
+    assert os.path.exists(os.path.join(folder, "tokenizer.json")) and os.listdir(tmp_path / "tnews") == ["seed7"]
+    eval_clue.save_model(again, "tnews", {"labels": ["100", "102", "104"]}, 7, args, str(model_dir / "tokenizer.json"))
+    assert os.listdir(tmp_path / "tnews") == ["seed7"]  # replaced, no temporary left behind
 
 
 def test_clue_layout_of_cmrc2018_is_found(tmp_path, clue_dir):
