@@ -740,20 +740,21 @@ def run_task(task, data, args, tok_path):
 
 
 def markdown_table(results, args):
-    pct = lambda m, s=None: f"{100 * m:.2f}" + (f" ± {100 * s:.2f}" if s else "")  # noqa: E731
+    pct = lambda m, s=None: f"{100 * m:.2f}" + ("" if s is None else f" ± {100 * s:.2f}")  # noqa: E731
     rows = [f"CLUE dev results: {args.model_dir} ({'random init' if args.init == 'random' else 'pre-trained'}), "
             f"seeds from {args.seed}; dev scores are mean ± std over the seeds (std over n-1)", "",
             "| task | metric | seeds | dev (final epoch) | dev (best epoch) | baseline | final, per seed | train / dev | time |",
             "|---|---|---|---|---|---|---|---|---|"]
     warn = []
     for task, r in results.items():
-        final = pct(r["final"], r["final_std"]) + (f" / {pct(r['final_2'], r['final_2_std'])}" if "final_2" in r else "")
+        n = len(r["seeds"])
+        std = lambda key: r[key] if n > 1 else None  # noqa: E731
+        final = pct(r["final"], std("final_std")) + (f" / {pct(r['final_2'], std('final_2_std'))}" if "final_2" in r else "")
         base = r["baseline"]
         base = "–" if base is None else f"before fine-tuning {pct(base[0])} / {pct(base[1])}" if isinstance(base, list) \
             else f"majority class {pct(base)}"
         per_seed = ", ".join(pct(s["final"]) for s in r["per_seed"])
-        n = len(r["seeds"])
-        rows.append(f"| {task} | {r['metric']} | {n} | {final} | {pct(r['best'], r['best_std'])} | {base} | {per_seed} | "
+        rows.append(f"| {task} | {r['metric']} | {n} | {final} | {pct(r['best'], std('best_std'))} | {base} | {per_seed} | "
                     f"{r['n_train']:,} / {r['n_dev']:,} | {r['seconds']:.0f}s |")
         if n == 1 and r["n_dev"] < SMALL_DEV:
             warn.append(f"warning: {task} has {r['n_dev']} dev rows and ran with one seed; its score moves by "
