@@ -1,7 +1,7 @@
 """
 Fine-tune a checkpoint on the CLUE benchmark under one protocol and print a results table.
 
-    python eval_clue.py --model_dir out --data_dir ../shared/data/clue --tasks afqmc,tnews,cluewsc2020
+    python eval_clue.py --model_dir out --data_dir path/to/clue --tasks afqmc,tnews,cluewsc2020 --seeds 3
     python eval_clue.py --model_dir out --data_dir clue --tasks all --init random   # the no-pre-training baseline
     python eval_clue.py --model_dir out --data_dir clue --tasks simclue --save finetuned   # sentence embeddings
 
