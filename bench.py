@@ -3,6 +3,7 @@ Benchmarks, each measured side by side with its reference in one run:
 
     python bench.py prepare     # prepare.py's pipeline vs plain single-process jieba.lcut
     python bench.py model       # a CMBert training step vs transformers' ModernBertForMaskedLM
+    python bench.py finetune    # a CLUE fine-tuning step (WSC-sized batch): eval_clue.py before vs now
     python bench.py masking     # whole-word masking vs transformers' DataCollatorForLanguageModeling
                                 # (needs data/default from prepare.py)
 """
@@ -210,6 +211,85 @@ def bench_model(args):
 # Masking: our whole-word masking vs transformers' collator on the same token batch, and the
 # share of a training step that data loading + masking take
 
+# ------------------------------------------------------------------------------------------
+# Fine-tuning: one CLUE fine-tuning step on a WSC-sized batch, as eval_clue.py ran it before and now
+
+def bench_finetune(args):
+    """ms per fine-tuning step (batch 8, CLUEWSC2020 row lengths: median 48 tokens, 90th percentile
+    73) of the tiny preset's classifier, for eval_clue.py's step as first written (a Python loop
+    building each padded batch, the loss read back to the host and shown every step) and as it is now
+    (a slice of one pre-padded array, the loss read back every 50 steps). Same weights, same batch,
+    interleaved rounds; then where the current step's time goes."""
+    import copy
+    import numpy as np
+    from tqdm import tqdm
+    import eval_clue
+    from cmbert import CMBertForSequenceClassification, config_from_preset
+    torch.manual_seed(0)
+    g = np.random.default_rng(0)
+    base = CMBertForSequenceClassification(config_from_preset("tiny"), num_labels=2)
+    print(f"cpu, {torch.get_num_threads()} threads, torch {torch.__version__}; tiny preset classifier, fp32, AdamW fused")
+    print(f"{'batch (token lengths)':34s} {'before ms':>10s} {'after ms':>9s} {'speed-up':>9s} {'max |loss diff|':>16s}")
+    for lengths in ([44, 45, 46, 47, 48, 48, 49, 50], [66, 67, 68, 69, 70, 71, 72, 73]):
+        seqs = [[2] + list(g.integers(5, 32000, n - 2)) + [3] for n in lengths]
+        y = torch.tensor([0, 1] * 4)
+        padded, idx = eval_clue.Padded(seqs), np.arange(len(seqs))
+        runs = {}
+        for name in ("before", "after"):
+            model = copy.deepcopy(base).train()
+            opt = model.configure_optimizers(0.01, 2e-5, (0.9, 0.98), fused=True)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+            runs[name] = dict(model=model, opt=opt, sched=sched, times=[], losses=[],
+                              bar=tqdm(total=10 ** 6, disable=True))
+
+        def before(r):  # eval_clue.py as first written
+            T = max(map(len, seqs))
+            ids, mask = torch.zeros(len(seqs), T, dtype=torch.long), torch.zeros(len(seqs), T, dtype=torch.long)
+            for i, s in enumerate(seqs):
+                ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
+            loss = r["model"](ids, mask, labels=y)[1]
+            eval_clue.train_step(r["model"], r["opt"], r["sched"], loss)
+            r["bar"].update(1)
+            r["bar"].set_postfix(loss=f"{loss.item():.3f}")
+            return loss
+
+        def after(r):
+            loss = r["model"](*padded.batch(idx, "cpu"), labels=y)[1]
+            eval_clue.train_step(r["model"], r["opt"], r["sched"], loss)
+            r["bar"].update(1)
+            return loss
+        for step in range(2 + args.steps):
+            for name, fn in (("before", before), ("after", after)):
+                t = time.perf_counter()
+                loss = fn(runs[name])
+                runs[name]["losses"].append(loss.item())  # outside the timed region
+                if step >= 2:  # two warm-up steps
+                    runs[name]["times"].append(time.perf_counter() - t)
+        ms = {k: 1e3 * sorted(r["times"])[len(r["times"]) // 2] for k, r in runs.items()}
+        diff = max(abs(a - b) for a, b in zip(runs["before"]["losses"], runs["after"]["losses"]))
+        print(f"{str(lengths):34s} {ms['before']:10.1f} {ms['after']:9.1f} {ms['before'] / ms['after']:8.2f}x {diff:16.2e}")
+
+    # where the current step's time goes (last batch), median of the same number of steps
+    r = runs["after"]
+    parts = {k: [] for k in ("batch", "forward", "backward", "clip + AdamW + schedule")}
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        ids, mask = padded.batch(idx, "cpu")
+        t1 = time.perf_counter()
+        loss = r["model"](ids, mask, labels=y)[1]
+        t2 = time.perf_counter()
+        loss.backward()
+        t3 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(r["model"].parameters(), 1.0)
+        r["opt"].step()
+        r["sched"].step()
+        r["opt"].zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        for k, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            parts[k].append(1e3 * dt)
+    print("current step, by part (ms, median): " + ", ".join(f"{k} {sorted(v)[len(v) // 2]:.2f}" for k, v in parts.items()))
+
+
 def bench_masking(args):
     import numpy as np
     import warnings
@@ -295,10 +375,10 @@ if __name__ == "__main__":
         peak_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
         sys.exit()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["prepare", "model", "masking"])
+    p.add_argument("what", choices=["prepare", "model", "finetune", "masking"])
     p.add_argument("--data_dir", default="data/default")
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--steps", type=int, default=5, help="timed training steps per model and shape")
     p.add_argument("--only", default="", help="model: GPU rows whose label contains one of these (comma-separated)")
     args = p.parse_args()
-    {"prepare": bench_prepare, "model": bench_model, "masking": bench_masking}[args.what](args)
+    {"prepare": bench_prepare, "model": bench_model, "finetune": bench_finetune, "masking": bench_masking}[args.what](args)

@@ -1,15 +1,20 @@
 """
 Fine-tune a checkpoint on the CLUE benchmark under one protocol and print a results table.
 
-    python eval_clue.py --model_dir out --data_dir path/to/clue --tasks afqmc,tnews,cluewsc2020
+    python eval_clue.py --model_dir out --data_dir path/to/clue --tasks afqmc,tnews,cluewsc2020 --seeds 3
     python eval_clue.py --model_dir out --data_dir clue --tasks all --init random   # the no-pre-training baseline
+    python eval_clue.py --model_dir out --data_dir clue --tasks simclue --save finetuned   # sentence embeddings
 
 data_dir holds the official layout (afqmc_public/, tnews_public/, iflytek_public/, ocnli_public/,
-cmnli_public/, cluewsc2020_public/, csl_public/, and cmrc2018_train.json / cmrc2018_dev.json).
-Classification tasks report dev accuracy; CMRC2018 reports EM and F1 (the official character-level
-metric). Results go to <model_dir>/results_clue.json (or --out) and a markdown table on stdout.
+cmnli_public/, cluewsc2020_public/, csl_public/, simclue_public/, and CMRC2018 as cmrc2018_public/
+{train,dev}.json or cmrc2018_train.json / cmrc2018_dev.json). Classification tasks report dev
+accuracy next to the majority class; CMRC2018 reports F1 and EM with the official script's metric;
+SimCLUE reports the Spearman and Pearson correlation between the cosine similarity of the two
+sentence embeddings and the 0/1 label, next to the same score before fine-tuning. Every task runs
+with --seeds seeds (mean +- std and per-seed scores). Results go to <model_dir>/results_clue.json
+(or --out), rewritten after each task, and a markdown table on stdout.
 """
-import argparse, json, math, os, random, re, sys, time
+import argparse, hashlib, json, math, os, random, re, shutil, sys, tempfile, time
 
 import numpy as np
 import torch
@@ -17,9 +22,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cmbert import CMBertForSequenceClassification, Encoder, PreTrained, load_config, resolve_dtype, write_json
+from cmbert import CMBert, CMBertForSequenceClassification, Encoder, PreTrained, load_config, resolve_dtype, write_json
 
-# Per-task defaults from the CLUE baselines (CLUE's run scripts): files, input kind, epochs, lr, batch, length.
+# Per-task defaults from the CLUE baselines: files, input kind, epochs, lr, batch, length, seeds.
+# The two tasks whose scores move most between runs (CLUEWSC2020: 304 dev rows; CSL: a small,
+# noisy task in CLUE's own reports) run three seeds unless --seeds says otherwise.
 TASKS = {
     "afqmc": dict(folder="afqmc_public", kind="pair", epochs=3, lr=2e-5, batch=32, max_len=128),
     "tnews": dict(folder="tnews_public", kind="single", epochs=3, lr=2e-5, batch=32, max_len=128),
@@ -27,11 +34,15 @@ TASKS = {
     "ocnli": dict(folder="ocnli_public", kind="pair", epochs=3, lr=2e-5, batch=32, max_len=128,
                   train="train.50k.json"),
     "cmnli": dict(folder="cmnli_public", kind="pair", epochs=2, lr=3e-5, batch=32, max_len=128),
-    "cluewsc2020": dict(folder="cluewsc2020_public", kind="wsc", epochs=50, lr=2e-5, batch=8, max_len=128),
-    "csl": dict(folder="csl_public", kind="csl", epochs=5, lr=1e-5, batch=32, max_len=256),
-    "cmrc2018": dict(folder=".", kind="span", epochs=2, lr=3e-5, batch=32, max_len=512,
-                     train="cmrc2018_train.json", dev="cmrc2018_dev.json"),
+    "cluewsc2020": dict(folder="cluewsc2020_public", kind="wsc", epochs=50, lr=2e-5, batch=8, max_len=128, seeds=3),
+    "csl": dict(folder="csl_public", kind="csl", epochs=5, lr=1e-5, batch=32, max_len=256, seeds=3),
+    # CLUE's own copy first, then the squad-style names of the CMRC2018 release
+    "cmrc2018": dict(folder="cmrc2018_public", kind="span", epochs=2, lr=3e-5, batch=32, max_len=512,
+                     alt=[(".", "cmrc2018_train.json", "cmrc2018_dev.json")]),
+    # the retrieval probe: contrastive fine-tuning of mean-pooled sentence embeddings (SimCSE-style)
+    "simclue": dict(folder="simclue_public", kind="simclue", epochs=1, lr=3e-5, batch=64, max_len=64),
 }
+SMALL_DEV = 1000  # a dev set smaller than this, scored with one seed, gets a warning under the table
 
 
 class EvalError(Exception):
@@ -39,43 +50,68 @@ class EvalError(Exception):
 
 
 # ------------------------------------------------------------------------------------------
-# Reading the official files
+# Reading and validating the official files (all of them, before any training)
 
 def task_paths(task, data_dir, override=None):
+    """The task's train/dev files in the first layout whose files exist (else the first layout,
+    so that the error names the files of the official one)."""
     spec = TASKS[task]
-    folder = override or os.path.join(data_dir, spec["folder"])
-    return {split: os.path.join(folder, spec.get(split, f"{split}.json")) for split in ("train", "dev")}
+    layouts = [(spec["folder"], spec.get("train", "train.json"), spec.get("dev", "dev.json"))] + spec.get("alt", [])
+    options = []
+    for folder, train, dev in layouts:
+        base = override or os.path.join(data_dir, folder)
+        options.append(dict(train=os.path.join(base, train), dev=os.path.join(base, dev)))
+    return next((o for o in options if all(map(os.path.isfile, o.values()))), options[0])
 
 
 def task_files(task, data_dir, override):
     paths = task_paths(task, data_dir, override)
-    missing = [p for p in paths.values() if not os.path.exists(p)]
+    missing = [p for p in paths.values() if not os.path.isfile(p)]
     if missing:
         raise EvalError(f"{task}: missing {' and '.join(missing)}")
     return paths
 
 
 def read_jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield lineno, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise EvalError(f"{path}: line {lineno}: invalid JSON ({e.msg})")
+    """(line number, object) for every non-empty line; a line that is not a JSON object is an error."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+                obj = json.loads(line) if line.strip() else None
+            except UnicodeDecodeError:
+                raise EvalError(f"{path}: line {lineno}: not UTF-8")
+            except json.JSONDecodeError as e:
+                raise EvalError(f"{path}: line {lineno}: invalid JSON ({e.msg})")
+            if obj is None:
+                continue
+            if not isinstance(obj, dict):
+                raise EvalError(f"{path}: line {lineno}: not a JSON object")
+            yield lineno, obj
 
 
-def field(obj, key, path, lineno):
+def field(obj, key, path, lineno, kind=str):
     if key not in obj:
         raise EvalError(f"{path}: line {lineno}: no field {key!r}")
-    return obj[key]
+    value = obj[key]
+    if kind is str and not isinstance(value, str) or kind is int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise EvalError(f"{path}: line {lineno}: field {key!r} is {value!r}, not {'text' if kind is str else 'an integer'}")
+    return value
+
+
+def label_of(obj, path, lineno):
+    """Labels appear both as strings and as integers in circulating copies: read both as strings."""
+    label = field(obj, "label", path, lineno, kind=None)
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        raise EvalError(f"{path}: line {lineno}: label {label!r} is neither text nor an integer")
+    return str(label)
 
 
 def read_classification(kind, path):
-    """Examples as (text_a, text_b or None, label string, line). Labels may be strings or integers."""
+    """Examples as (text_a, text_b or None, label string, line)."""
     out, dropped = [], 0
     for lineno, o in read_jsonl(path):
-        label = str(field(o, "label", path, lineno))
+        label = label_of(o, path, lineno)
         if label == "-":  # NLI rows without annotator agreement
             dropped += 1
             continue
@@ -84,7 +120,10 @@ def read_classification(kind, path):
         elif kind == "pair":
             a, b = field(o, "sentence1", path, lineno), field(o, "sentence2", path, lineno)
         elif kind == "csl":  # the keywords, joined, paired with the abstract
-            a, b = "、".join(field(o, "keyword", path, lineno)), field(o, "abst", path, lineno)
+            kw = field(o, "keyword", path, lineno, kind=None)
+            if not isinstance(kw, list) or not all(isinstance(k, str) for k in kw):
+                raise EvalError(f"{path}: line {lineno}: field 'keyword' is {kw!r}, not a list of texts")
+            a, b = "、".join(kw), field(o, "abst", path, lineno)
         else:  # wsc
             a, b = mark_wsc(o, path, lineno), None
         out.append((a, b, label, lineno))
@@ -94,11 +133,13 @@ def read_classification(kind, path):
 def mark_wsc(o, path, lineno):
     """CLUEWSC2020: mark the candidate noun phrase with [ ] and the pronoun with < >, inserted at the
     given character offsets, so the classifier sees which two spans the question is about."""
-    text, t = field(o, "text", path, lineno), field(o, "target", path, lineno)
+    text, t = field(o, "text", path, lineno), field(o, "target", path, lineno, kind=None)
+    if not isinstance(t, dict):
+        raise EvalError(f"{path}: line {lineno}: field 'target' is {t!r}, not an object")
     spans = []
     for k, (left, right) in (("1", ("[", "]")), ("2", ("<", ">"))):
-        i, s = t[f"span{k}_index"], t[f"span{k}_text"]
-        if text[i:i + len(s)] != s:
+        i, s = field(t, f"span{k}_index", path, lineno, kind=int), field(t, f"span{k}_text", path, lineno)
+        if i < 0 or text[i:i + len(s)] != s:
             raise EvalError(f"{path}: line {lineno}: span{k}_text {s!r} is not at span{k}_index {i}")
         spans.append((i, i + len(s), left, right))
     for i, j, left, right in sorted(spans, reverse=True):  # right to left keeps the offsets valid
@@ -107,19 +148,56 @@ def mark_wsc(o, path, lineno):
 
 
 def read_cmrc(path):
-    """SQuAD-style: data -> paragraphs -> (context, qas -> (question, answers[text, answer_start]))."""
+    """SQuAD-style: data -> paragraphs -> (context, qas -> (question, answers[text, answer_start])).
+    One JSON document, so a fault is named by its place in it (data[i].paragraphs[j].qas[k])."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise EvalError(f"{path}: not a SQuAD-style CMRC2018 file ({e})")
+            data = json.load(f)
+    except UnicodeDecodeError:
+        raise EvalError(f"{path}: not UTF-8")
+    except json.JSONDecodeError as e:
+        raise EvalError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})")
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise EvalError(f"{path}: not a SQuAD-style CMRC2018 file (no 'data' list)")
     out = []
-    for doc in data:
-        for para in doc["paragraphs"]:
-            for qa in para["qas"]:
-                answers = [(a["text"], int(a["answer_start"])) for a in qa["answers"]]
-                out.append(dict(id=qa["id"], context=para["context"], question=qa["question"], answers=answers))
+    for i, doc in enumerate(data["data"]):
+        for j, para in enumerate(doc.get("paragraphs", []) if isinstance(doc, dict) else [None]):
+            for k, qa in enumerate(para.get("qas", []) if isinstance(para, dict) else [None]):
+                where = f"{path}: data[{i}].paragraphs[{j}].qas[{k}]"
+                try:
+                    context = para["context"]
+                    answers = [(a["text"], int(a["answer_start"])) for a in qa["answers"]]
+                    ex = dict(id=str(qa["id"]), context=context, question=qa["question"], answers=answers)
+                except (KeyError, TypeError, ValueError) as e:
+                    raise EvalError(f"{where}: missing or malformed field ({type(e).__name__}: {e})")
+                if not all(isinstance(s, str) for s in (context, ex["question"], *(a for a, _ in answers))):
+                    raise EvalError(f"{where}: context, question and answer texts must be strings")
+                ex["answers"] = [(a, s if context[s:s + len(a)] == a else locate(context, a, s)) for a, s in answers]
+                out.append(ex)
     return out
+
+
+def locate(context, answer, start):
+    """Released files hold a few answer_start values that are off by some characters: the answer's
+    occurrence nearest to the given start, or -1 when the context does not contain it."""
+    found = [m.start() for m in re.finditer(re.escape(answer), context)] if answer else []
+    return min(found, key=lambda i: abs(i - start)) if found else -1
+
+
+def read_simclue_pairs(path):
+    """SimCLUE pairs (sentence1, sentence2, label 0/1) as (a, b, label, line)."""
+    out = []
+    for lineno, o in read_jsonl(path):
+        label = label_of(o, path, lineno)
+        if label not in ("0", "1"):
+            raise EvalError(f"{path}: line {lineno}: label {label!r} is not 0 or 1")
+        out.append((field(o, "sentence1", path, lineno), field(o, "sentence2", path, lineno), int(label), lineno))
+    return out
+
+
+def read_simclue_triples(path):
+    """SimCLUE's ranking file: (query, title = a paraphrase, neg_title = a hard negative)."""
+    return [tuple(field(o, k, path, lineno) for k in ("query", "title", "neg_title")) for lineno, o in read_jsonl(path)]
 
 
 # ------------------------------------------------------------------------------------------
@@ -129,10 +207,10 @@ def cmrc_windows(tok, ex, max_len, stride, max_question=64):
     """Cut one example into [CLS] question [SEP] context-window [SEP] windows. Each window keeps
     the character offsets of its context tokens; for training, the answer's first token position
     (start, end) or (0, 0) at [CLS] when the answer is not inside the window."""
-    q = tok.encode(ex["question"], add_special_tokens=False).ids[:max_question]
+    q = tok.encode(ex["question"], add_special_tokens=False).ids[:min(max_question, max_len // 4)]
     ctx = tok.encode(ex["context"], add_special_tokens=False)
     room = max_len - len(q) - 3
-    a_text, a_start = ex["answers"][0] if ex["answers"] else ("", -1)
+    a_text, a_start = next(((a, s) for a, s in ex["answers"] if s >= 0), ("", -1))
     a_end = a_start + len(a_text)
     windows = []
     for w0 in range(0, max(1, len(ctx.ids)), stride):
@@ -150,6 +228,14 @@ def cmrc_windows(tok, ex, max_len, stride, max_question=64):
     return windows
 
 
+def on_token_edges(tok, ex):
+    """Whether some reference answer starts and ends on token edges of the context: if none does,
+    no predicted token span can match it exactly, which caps EM below 100."""
+    offsets = tok.encode(ex["context"], add_special_tokens=False).offsets
+    starts, ends = {s for s, _ in offsets}, {e for _, e in offsets}
+    return any(s in starts and s + len(a) in ends for a, s in ex["answers"])
+
+
 def best_span(start_logits, end_logits, window, max_answer=30):
     """Best (score, char_start, char_end) inside the window's context, start <= end."""
     n = len(window["offsets"])
@@ -163,40 +249,67 @@ def best_span(start_logits, end_logits, window, max_answer=30):
     return float(score.view(-1)[k]), window["offsets"][i][0], window["offsets"][j][1]
 
 
-PUNCT = set("-:_*^/\\~`+=，。：？！“”；’《》……·、「」（）－～『』<>[](){},.;!?'\"")
+# The official CMRC2018 metric (the evaluation script of the CMRC2018 release), reproduced rule by rule.
+# Its punctuation list is exactly this; everything else (ASCII brackets, '.', ',', spaces, '%', '—',
+# '…') is kept. The list's "……" is one two-character entry that no single character equals, so
+# '…' is never removed; we keep that behaviour.
+CMRC_PUNCT = set("-:_*^/\\~`+=，。：？！“”；’《》·、「」（）－～『』")
 
 
-def cmrc_tokens(text):
-    """Official CMRC2018 normalisation: lower case, drop punctuation and spaces, one token per Chinese
-    character, runs of letters and digits kept together."""
-    out, buf = [], ""
-    for ch in text.lower():
-        if ch in PUNCT or ch.isspace():
-            ch = ""
-        if ch and (ch.isascii() and ch.isalnum()):
-            buf += ch
+def cmrc_em(prediction, answers):
+    """EM: some reference equals the prediction after lower-casing, stripping the ends and removing
+    the listed punctuation. Spaces inside are kept ("iphone 12" != "iphone12"), and stripping comes
+    before removal, so "北京 。" keeps its space and does not equal "北京"."""
+    def norm(s):
+        return "".join(ch for ch in s.lower().strip() if ch not in CMRC_PUNCT)
+    return float(any(norm(prediction) == norm(a) for a in answers))
+
+
+def cmrc_segments(text):
+    """The official segmentation: lower-case and strip; drop listed punctuation *without* ending a
+    run ("a-b" -> "ab", "3:30" -> "330"); each character in U+4E00..U+9FA5 is one token; every other
+    run of characters (ASCII, spaces, digits, other punctuation, rarer CJK) goes through NLTK's
+    word tokenizer, so "3.5" stays one token and "(1998)" becomes "(", "1998", ")"."""
+    out, run = [], ""
+    for ch in text.lower().strip():
+        if ch in CMRC_PUNCT:
             continue
-        if buf:
-            out.append(buf)
-            buf = ""
-        if ch:
-            out.append(ch)
-    return out + ([buf] if buf else [])
+        if "\u4e00" <= ch <= "\u9fa5":
+            out += treebank_words(run) + [ch]
+            run = ""
+        else:
+            run += ch
+    return out + treebank_words(run)
 
 
-def cmrc_em_f1(prediction, answers):
-    """EM: equal after normalisation. F1: from the longest common substring of the token sequences
-    (as the official script does), maximised over the reference answers."""
-    p = cmrc_tokens(prediction)
-    em = f1 = 0.0
-    for ref, _ in answers:
-        r = cmrc_tokens(ref)
-        em = max(em, float(p == r))
-        lcs = longest_common_substring(p, r)
-        if lcs:
-            prec, rec = lcs / len(p), lcs / len(r)
-            f1 = max(f1, 2 * prec * rec / (prec + rec))
-    return em, f1
+# NLTK's word_tokenize is Punkt sentence splitting followed by the Penn Treebank word tokenizer. These
+# are the Treebank tokenizer's rules (applied in order, in Python 2's ASCII regex semantics, as the
+# official script ran), written out here so the metric needs no NLTK. Punkt's sentence split is not
+# reproduced: it only matters for a run holding ". " followed by another sentence, where the period
+# would become its own token. Answers' non-Chinese runs are names, numbers and dates, not sentences.
+_TREEBANK = [(re.compile(p, re.ASCII), r) for p, r in [
+    (r'^"', "``"), (r"(``)", r" \1 "), (r"([ (\[{<])(\"|'{2})", r"\1 `` "),  # opening quotes
+    (r"([:,])([^\d])", r" \1 \2"), (r"([:,])$", r" \1 "),  # , and : unless inside a number
+    (r"\.\.\.", " ... "), (r"[;@#$%&]", r" \g<0> "),
+    (r"([^\.])(\.)([\]\)}>\"']*)\s*$", r"\1 \2\3 "),  # a final period (not "3.5", not "U.S" inside)
+    (r"[?!]", r" \g<0> "), (r"([^'])' ", r"\1 ' "), (r"[\]\[(){}<>]", r" \g<0> "), (r"--", " -- ")]]
+_TREEBANK_END = [(re.compile(p, re.ASCII), r) for p, r in [
+    (r"''", " '' "), (r'"', " '' "),  # closing quotes
+    (r"([^' ])('[sS]|'[mM]|'[dD]|') ", r"\1 \2 "), (r"([^' ])('ll|'LL|'re|'RE|'ve|'VE|n't|N'T) ", r"\1 \2 ")]]
+_TREEBANK_END += [(re.compile(p, re.ASCII | re.IGNORECASE), r" \1 \2 ") for p in [  # cannot -> can not, ...
+    r"\b(can)(not)\b", r"\b(d)('ye)\b", r"\b(gim)(me)\b", r"\b(gon)(na)\b", r"\b(got)(ta)\b", r"\b(lem)(me)\b",
+    r"\b(more)('n)\b", r"\b(wan)(na)(?=\s)", r" ('t)(is)\b", r" ('t)(was)\b"]]
+
+
+def treebank_words(text):
+    if not text:
+        return []
+    for pattern, repl in _TREEBANK:
+        text = pattern.sub(repl, text)
+    text = " " + text + " "
+    for pattern, repl in _TREEBANK_END:
+        text = pattern.sub(repl, text)
+    return text.split()
 
 
 def longest_common_substring(a, b):
@@ -211,6 +324,19 @@ def longest_common_substring(a, b):
     return best
 
 
+def cmrc_f1(prediction, answers):
+    """F1 from the longest common *substring* of the two segmentations (not the bag-of-tokens
+    overlap of SQuAD), maximised over the references."""
+    p, best = cmrc_segments(prediction), 0.0
+    for ref in answers:
+        r = cmrc_segments(ref)
+        lcs = longest_common_substring(r, p)
+        if lcs:
+            prec, rec = lcs / len(p), lcs / len(r)
+            best = max(best, 2 * prec * rec / (prec + rec))
+    return best
+
+
 class CMBertForSpans(PreTrained):
     """Encoder + a linear layer giving start and end logits per token (CMRC2018)."""
     def __init__(self, cfg):
@@ -220,22 +346,76 @@ class CMBertForSpans(PreTrained):
         self.classifier = nn.Linear(cfg.n_embd, 2)
         self.init_weights()
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask=None):
         start, end = self.classifier(self.model(input_ids, attention_mask)).float().unbind(-1)
+        if attention_mask is None:
+            return start, end
         pad = ~attention_mask.bool()
         return start.masked_fill(pad, -1e4), end.masked_fill(pad, -1e4)
 
 
 # ------------------------------------------------------------------------------------------
+# SimCLUE: sentence embeddings, InfoNCE, correlations
+
+def embed(encoder, ids, mask):
+    """Mean of the final hidden states over the real tokens: the sentence embedding (fp32)."""
+    h = encoder(ids, mask).float()
+    if mask is None:
+        return h.mean(1)
+    m = mask.float()[..., None]
+    return (h * m).sum(1) / m.sum(1)
+
+
+def info_nce(anchor, positive, negative=None, temperature=0.05):
+    """Anchor i must pick positive i among every positive of the batch (the in-batch negatives) and
+    every hard negative, by cosine similarity / temperature. A low temperature (0.05, SimCSE's
+    choice) sharpens the softmax so that near-misses still cost."""
+    cand = positive if negative is None else torch.cat([positive, negative])
+    logits = F.normalize(anchor, dim=-1) @ F.normalize(cand, dim=-1).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(anchor), device=anchor.device))
+
+
+def pearson(x, y):
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    x, y = x - x.mean(), y - y.mean()
+    denom = math.sqrt(float((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denom) if denom > 0 else float("nan")
+
+
+def average_ranks(x):
+    """Ranks 1..n; tied values share the average of the ranks they span."""
+    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return ((ends - counts + 1 + ends) / 2)[inverse.reshape(-1)]
+
+
+def spearman(x, y):
+    """Pearson correlation of the average ranks (how scipy.stats.spearmanr treats ties)."""
+    return pearson(average_ranks(x), average_ranks(y))
+
+
+# ------------------------------------------------------------------------------------------
 # Fine-tuning
 
-def pad_batch(seqs, device):
-    T = max(map(len, seqs))
-    ids = torch.zeros(len(seqs), T, dtype=torch.long)
-    mask = torch.zeros(len(seqs), T, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
-    return ids.to(device), mask.to(device)
+class Padded:
+    """Token id sequences stored once as one padded array, so building a batch is a slice, not a
+    Python loop over rows. A batch whose rows all have the same length gets no attention mask."""
+    def __init__(self, seqs):
+        self.lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+        self.ids = np.zeros((len(seqs), max(self.lengths, default=1)), dtype=np.int32)
+        for i, s in enumerate(seqs):
+            self.ids[i, :len(s)] = s
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def batch(self, idx, device):
+        lengths = self.lengths[idx]
+        T = int(lengths.max())
+        ids = torch.from_numpy(self.ids[idx, :T].astype(np.int64)).to(device)
+        if (lengths == T).all():
+            return ids, None
+        return ids, torch.from_numpy(np.arange(T)[None, :] < lengths[:, None]).to(device)
 
 
 def batch_order(lengths, bs, seed, epoch, group=50):
@@ -248,166 +428,421 @@ def batch_order(lengths, bs, seed, epoch, group=50):
     for g in range(0, len(order), bs * group):
         chunk = sorted(order[g:g + bs * group], key=lambda j: lengths[j])
         batches += [chunk[i:i + bs] for i in range(0, len(chunk), bs)]
-    return [batches[k] for k in rng.permutation(len(batches))]
+    return [np.array(batches[k]) for k in rng.permutation(len(batches))]
 
 
-def load_model(cls, args, **kwargs):
-    """The pre-trained weights, or (--init random) the same architecture freshly initialised."""
-    overrides = {k: v for k, v in (("classifier_pooling", args.pooling), ("classifier_dropout", args.dropout)) if v is not None}
-    try:
-        if args.init == "random":
-            return cls(load_config(args.model_dir, **overrides), **kwargs)
-        return cls.from_pretrained(args.model_dir, **overrides, **kwargs)
-    except FileNotFoundError as e:
-        raise EvalError(str(e))
+def train_step(model, opt, sched, loss):
+    """One optimiser step. Nothing here reads a value back to the host, so on a GPU the CPU can
+    queue the next batch while this one computes."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
 
 
-def fine_tune(model, train_batches_fn, n_train, evaluate, args, spec, desc):
-    """AdamW with linear warm-up (10%) and linear decay; evaluate after every epoch."""
-    epochs = args.epochs or spec["epochs"]
-    lr = args.lr or spec["lr"]
-    bs = args.batch_size or spec["batch"]
-    steps = epochs * math.ceil(n_train / bs)
+def fine_tune(model, batches, n_train, evaluate, hp, args, desc, score_before=False):
+    """AdamW with linear warm-up (10%) and linear decay; evaluate after every epoch (and before the
+    first when score_before). The running loss is read back every 50 steps, not every step."""
+    steps = hp["epochs"] * math.ceil(n_train / hp["batch"])
     warm = max(1, int(0.1 * steps))
     # fused: one kernel for all parameters; on a CPU it cuts a batch-8 fine-tuning step by ~80 ms
-    opt = model.configure_optimizers(0.01, lr, (0.9, 0.98), fused=args.device.split(":")[0] in ("cuda", "cpu"))
+    opt = model.configure_optimizers(0.01, hp["lr"], (0.9, 0.98), fused=args.device.split(":")[0] in ("cuda", "cpu"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, (steps - s) / max(1, steps - warm)))
-    scores, step = [], 0
-    bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True, disable=not args.progress)
-    for epoch in range(epochs):
-        model.train()
-        for loss in train_batches_fn(bs, epoch):
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+    scores, losses, step = [], [], 0
+    if score_before:
         model.eval()
         with torch.no_grad():
             scores.append(evaluate())
-        bar.set_postfix(dev=f"{scores[-1][0]:.4f}")
+    bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True, disable=not args.progress)
+    for epoch in range(hp["epochs"]):
+        model.train()
+        total, n = torch.zeros((), device=args.device), 0
+        for loss in batches(hp["batch"], epoch):
+            train_step(model, opt, sched, loss)
+            total += loss.detach().float()
+            n, step = n + 1, step + 1
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{total.item() / n:.3f}")
+        losses.append(total.item() / max(n, 1))
+        if not math.isfinite(losses[-1]):
+            raise EvalError(f"{desc}: the training loss is {losses[-1]} in epoch {epoch + 1} (try a lower --lr)")
+        model.eval()
+        with torch.no_grad():
+            scores.append(evaluate())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", dev=f"{scores[-1][0]:.4f}")
     bar.close()
-    return scores
+    return scores, losses
 
 
-def run_classification(task, paths, tok, args):
+def settings(task, args):
+    """The task's CLUE setting unless the command line sets it (None = not given)."""
     spec = TASKS[task]
+    pick = lambda given, default: default if given is None else given  # noqa: E731
+    return dict(epochs=pick(args.epochs, spec["epochs"]), lr=pick(args.lr, spec["lr"]),
+                batch=pick(args.batch_size, spec["batch"]), max_len=pick(args.max_len, spec["max_len"]),
+                seeds=pick(args.seeds, spec.get("seeds", 1)))
+
+
+def subsample(rows, args):
+    """--max_train_samples: one random subset (fixed by --seed), shared by all seeds of a task, so
+    that the seeds measure training noise only."""
+    if args.max_train_samples and args.max_train_samples < len(rows):
+        return random.Random(args.seed).sample(rows, args.max_train_samples)
+    return rows
+
+
+def label_order(labels):
+    """Numeric labels in numeric order ("100" < "116"), then the others alphabetically."""
+    numeric = lambda s: s.lstrip("-").isdigit()  # noqa: E731
+    return sorted(labels, key=lambda s: (not numeric(s), int(s) if numeric(s) else 0, s))
+
+
+def nonempty(rows, path, what="rows"):
+    if not rows:
+        raise EvalError(f"{path}: no {what}")
+    return rows
+
+
+def load_classification(task, paths, tok, args):
+    spec, hp = TASKS[task], settings(task, args)
     train, dropped_tr = read_classification(spec["kind"], paths["train"])
     dev, dropped_dev = read_classification(spec["kind"], paths["dev"])
-    if args.max_train_samples:
-        train = random.Random(args.seed).sample(train, min(len(train), args.max_train_samples))
-    labels = sorted({ex[2] for ex in train}, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+    nonempty(train, paths["train"], "labelled rows")
+    nonempty(dev, paths["dev"], "labelled rows")
+    labels = label_order({ex[2] for ex in train})  # the whole file: a subsample may miss a rare label
     index = {label: i for i, label in enumerate(labels)}
     for a, b, label, lineno in dev:
         if label not in index:
             raise EvalError(f"{paths['dev']}: line {lineno}: label {label!r} does not occur in {paths['train']}")
-    tok.enable_truncation(args.max_len or spec["max_len"], strategy="longest_first")
+    train = subsample(train, args)
+    tok.enable_truncation(hp["max_len"], strategy="longest_first")
 
     def encode(examples):
         pairs = [(a, b) if b is not None else a for a, b, _, _ in examples]
-        return [e.ids for e in tok.encode_batch(pairs)], torch.tensor([index[ex[2]] for ex in examples])
-    train_ids, train_y = encode(train)
-    dev_ids, dev_y = encode(dev)
-    model = load_model(CMBertForSequenceClassification, args, num_labels=len(labels)).to(args.device)
+        return Padded([e.ids for e in tok.encode_batch(pairs)]), torch.tensor([index[ex[2]] for ex in examples])
+    train_x, train_y = encode(train)
+    dev_x, dev_y = encode(dev)
+    notes = f"dropped {dropped_tr} train / {dropped_dev} dev rows labelled '-'" if dropped_tr + dropped_dev else ""
+    majority = int(np.bincount(train_y.numpy(), minlength=len(labels)).argmax())
+    return dict(labels=labels, train_x=train_x, train_y=train_y, dev_x=dev_x, dev_y=dev_y, notes=notes,
+                baseline=float((dev_y == majority).float().mean()), n_train=len(train), n_dev=len(dev))
+
+
+def run_classification(task, data, model, hp, seed, args):
+    train_x, train_y, dev_x, dev_y = data["train_x"], data["train_y"], data["dev_x"], data["dev_y"]
 
     def batches(bs, epoch):
-        for idx in batch_order(list(map(len, train_ids)), bs, args.seed, epoch):
-            ids, mask = pad_batch([train_ids[j] for j in idx], args.device)
+        for idx in batch_order(train_x.lengths, bs, seed, epoch):
+            ids, mask = train_x.batch(idx, args.device)
             with args.autocast:
-                loss = model(ids, mask, labels=train_y[idx].to(args.device))[1]
-            yield loss
+                yield model(ids, mask, labels=train_y[idx].to(args.device))[1]
 
-    by_length = sorted(range(len(dev_ids)), key=lambda i: len(dev_ids[i]))  # less padding, same predictions
+    by_length = np.argsort(dev_x.lengths, kind="stable")  # less padding, same predictions
 
     def evaluate():
-        correct = 0
+        pred = torch.empty(len(dev_x), dtype=torch.long, device=args.device)
         for i in range(0, len(by_length), 64):
             idx = by_length[i:i + 64]
-            ids, mask = pad_batch([dev_ids[j] for j in idx], args.device)
             with args.autocast:
-                correct += (model(ids, mask)[0].argmax(-1).cpu() == dev_y[idx]).sum().item()
-        return (correct / len(dev_ids),)
+                pred[torch.from_numpy(idx).to(args.device)] = model(*dev_x.batch(idx, args.device))[0].argmax(-1)
+        return (float((pred.cpu() == dev_y).float().mean()),)  # one read-back per evaluation
 
-    scores = fine_tune(model, batches, len(train_ids), evaluate, args, spec, task)
-    majority = np.bincount(train_y.numpy(), minlength=len(labels)).argmax()
-    notes = f"dropped {dropped_tr} train / {dropped_dev} dev rows labelled '-'" if dropped_tr + dropped_dev else ""
-    return dict(metric="acc", final=scores[-1][0], best=max(s[0] for s in scores), per_epoch=[s[0] for s in scores],
-                majority=float((dev_y == int(majority)).float().mean()), n_train=len(train_ids), n_dev=len(dev_ids),
-                labels=len(labels), notes=notes)
+    return fine_tune(model, batches, len(train_x), evaluate, hp, args, task)
 
 
-def run_cmrc(paths, tok, args):
-    spec = TASKS["cmrc2018"]
-    train, dev = read_cmrc(paths["train"]), read_cmrc(paths["dev"])
-    if args.max_train_samples:
-        train = random.Random(args.seed).sample(train, min(len(train), args.max_train_samples))
-    max_len = args.max_len or spec["max_len"]
+def load_cmrc(task, paths, tok, args):
+    hp = settings("cmrc2018", args)
+    train = nonempty(read_cmrc(paths["train"]), paths["train"], "questions")
+    lost = [ex for ex in train if not any(s >= 0 for _, s in ex["answers"])]  # no answer found in the context
+    train = subsample([ex for ex in train if ex not in lost], args)
+    dev = nonempty(read_cmrc(paths["dev"]), paths["dev"], "questions")
+    unanswered = [ex["id"] for ex in dev if not ex["answers"]]
+    if unanswered:
+        raise EvalError(f"{paths['dev']}: question {unanswered[0]} has no reference answer")
     tok.no_truncation()
-    train_w = [w for ex in train for w in cmrc_windows(tok, ex, max_len, args.doc_stride)]
-    dev_w = [cmrc_windows(tok, ex, max_len, args.doc_stride) for ex in dev]
-    model = load_model(CMBertForSpans, args).to(args.device)
+    train_w = [w for ex in train for w in cmrc_windows(tok, ex, hp["max_len"], args.doc_stride)]
+    dev_w = [cmrc_windows(tok, ex, hp["max_len"], args.doc_stride) for ex in dev]
+    off_edges = sum(not on_token_edges(tok, ex) for ex in dev) / len(dev)
+    return dict(train=train, dev=dev, train_w=train_w, train_x=Padded([w["ids"] for w in train_w]), dev_w=dev_w,
+                baseline=None, off_edges=off_edges, n_train=len(train), n_dev=len(dev),
+                notes=f"{len(train_w)} training windows; {len(lost)} training questions without a locatable answer "
+                      f"dropped; {100 * off_edges:.1f}% of dev questions have no "
+                      f"answer on token edges (EM cannot reach them)")
+
+
+def run_cmrc(task, data, model, hp, seed, args):
+    train_w, train_x, dev, dev_w = data["train_w"], data["train_x"], data["dev"], data["dev_w"]
+    targets = torch.tensor([[w["start"], w["end"]] for w in train_w])
+    flat = [(q, w) for q, ws in enumerate(dev_w) for w in ws]  # every window of every question, batched
+    dev_x = Padded([w["ids"] for _, w in flat])
 
     def batches(bs, epoch):
-        for idx in batch_order([len(w["ids"]) for w in train_w], bs, args.seed, epoch):
-            ws = [train_w[j] for j in idx]
-            ids, mask = pad_batch([w["ids"] for w in ws], args.device)
+        for idx in batch_order(train_x.lengths, bs, seed, epoch):
             with args.autocast:
-                start, end = model(ids, mask)
-            target = torch.tensor([[w["start"], w["end"]] for w in ws], device=args.device)
+                start, end = model(*train_x.batch(idx, args.device))
+            target = targets[idx].to(args.device)
             yield (F.cross_entropy(start, target[:, 0]) + F.cross_entropy(end, target[:, 1])) / 2
 
     def evaluate():
-        em = f1 = 0.0
-        for ex, ws in zip(dev, dev_w):
-            ids, mask = pad_batch([w["ids"] for w in ws], args.device)
+        best = [(-math.inf, 0, 0)] * len(dev)
+        for i in range(0, len(flat), 32):
+            idx = np.arange(i, min(i + 32, len(flat)))
             with args.autocast:
-                start, end = model(ids, mask)
-            score, a, b = max(best_span(start[k].cpu(), end[k].cpu(), w) for k, w in enumerate(ws))
-            e, f = cmrc_em_f1(ex["context"][a:b], ex["answers"])
-            em, f1 = em + e, f1 + f
+                start, end = (t.cpu() for t in model(*dev_x.batch(idx, args.device)))
+            for k, j in enumerate(idx):
+                q, w = flat[j]
+                best[q] = max(best[q], best_span(start[k], end[k], w))
+        em = f1 = 0.0
+        for ex, (_, a, b) in zip(dev, best):
+            refs = [t for t, _ in ex["answers"]]
+            em, f1 = em + cmrc_em(ex["context"][a:b], refs), f1 + cmrc_f1(ex["context"][a:b], refs)
         return f1 / len(dev), em / len(dev)
 
-    scores = fine_tune(model, batches, len(train_w), evaluate, args, spec, "cmrc2018")
-    return dict(metric="F1 / EM", final=scores[-1][0], best=max(s[0] for s in scores), em_final=scores[-1][1],
-                per_epoch=[list(s) for s in scores], majority=None, n_train=len(train), n_dev=len(dev),
-                notes=f"{len(train_w)} training windows")
+    return fine_tune(model, batches, len(train_x), evaluate, hp, args, task)
 
 
-def check_tokenizer(tok, model_dir):
-    cfg = load_config(model_dir)
+def load_simclue(task, paths, tok, args):
+    """Training rows (anchor, positive, hard negative or None): the label-1 pairs of train.json
+    and, when train_rank.json sits beside it, its (query, title, neg_title) triples. Label-0 pairs
+    are not used for training (InfoNCE needs a positive for every anchor); dev is every pair."""
+    hp = settings("simclue", args)
+    pairs = nonempty(read_simclue_pairs(paths["train"]), paths["train"])
+    dev = nonempty(read_simclue_pairs(paths["dev"]), paths["dev"])
+    if len({label for *_, label, _ in dev}) < 2:
+        raise EvalError(f"{paths['dev']}: every label is {dev[0][2]}: a correlation with the label is undefined")
+    rank_path = os.path.join(os.path.dirname(paths["train"]), "train_rank.json")
+    triples = read_simclue_triples(rank_path) if os.path.isfile(rank_path) else []
+    rows = subsample([(a, b, None) for a, b, label, _ in pairs if label == 1] + triples, args)
+    nonempty(rows, paths["train"], "positive pairs")
+    tok.enable_truncation(hp["max_len"])
+    enc = lambda texts: Padded([e.ids for e in tok.encode_batch(list(texts))])  # noqa: E731
+    has_neg = np.array([n is not None for _, _, n in rows])
+    return dict(anchor=enc(r[0] for r in rows), positive=enc(r[1] for r in rows),
+                negative=enc(r[2] for r in rows if r[2] is not None), neg_index=np.cumsum(has_neg) - 1,
+                has_neg=has_neg, dev_a=enc(d[0] for d in dev), dev_b=enc(d[1] for d in dev),
+                dev_y=np.array([d[2] for d in dev]), n_train=len(rows), n_dev=len(dev), baseline=None,
+                notes=f"{len(rows)} training rows ({int(has_neg.sum())} with a hard negative), "
+                      f"temperature {args.temperature}")
+
+
+def run_simclue(task, data, model, hp, seed, args):
+    encoder = model.model
+
+    def batches(bs, epoch):
+        for idx in batch_order(data["anchor"].lengths, bs, seed, epoch):
+            neg = data["neg_index"][idx[data["has_neg"][idx]]]
+            with args.autocast:
+                a = embed(encoder, *data["anchor"].batch(idx, args.device))
+                p = embed(encoder, *data["positive"].batch(idx, args.device))
+                n = embed(encoder, *data["negative"].batch(neg, args.device)) if len(neg) else None
+            yield info_nce(a, p, n, args.temperature)
+
+    def evaluate():
+        cos = []
+        for i in range(0, len(data["dev_y"]), 128):
+            idx = np.arange(i, min(i + 128, len(data["dev_y"])))
+            with args.autocast:
+                a = embed(encoder, *data["dev_a"].batch(idx, args.device))
+                b = embed(encoder, *data["dev_b"].batch(idx, args.device))
+            cos.append(F.cosine_similarity(a, b, dim=-1))
+        cos = torch.cat(cos).cpu().numpy()
+        return spearman(cos, data["dev_y"]), pearson(cos, data["dev_y"])
+
+    return fine_tune(model, batches, len(data["anchor"]), evaluate, hp, args, task, score_before=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Models, seeds, saving, the results table
+
+def build_model(task, data, args):
+    """The pre-trained weights, or (--init random) the same architecture freshly initialised.
+    SimCLUE fine-tunes the encoder of the full pre-trained model (CMBert), so a saved SimCLUE model
+    is a model directory like the one train.py writes."""
+    kind, overrides, kwargs = TASKS[task]["kind"], {}, {}
+    cls = CMBertForSpans if kind == "span" else CMBert if kind == "simclue" else CMBertForSequenceClassification
+    if cls is CMBertForSequenceClassification:
+        kwargs = dict(num_labels=len(data["labels"]))
+        overrides = {k: v for k, v in (("classifier_pooling", args.pooling), ("classifier_dropout", args.dropout))
+                     if v is not None}
+    try:
+        model = cls(load_config(args.model_dir, **overrides), **kwargs) if args.init == "random" else \
+            cls.from_pretrained(args.model_dir, **overrides, **kwargs)
+    except (FileNotFoundError, ValueError) as e:
+        raise EvalError(str(e))
+    return model.to(args.device)
+
+
+def save_model(model, task, data, seed, args, tok_path):
+    """<save>/<task>/seed<seed>/: model.safetensors + config.json (save_pretrained), tokenizer.json and
+    task.json (the model class and, for classifiers, the label list in output order). Written under a
+    temporary name, then renamed, so a directory that exists is complete."""
+    final = os.path.join(args.save, task, f"seed{seed}")
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".seed{seed}.", dir=os.path.dirname(final))  # a new name: never follows a link
+    os.chmod(tmp, 0o755)
+    model.save_pretrained(tmp)
+    shutil.copyfile(tok_path, os.path.join(tmp, "tokenizer.json"))
+    write_json(os.path.join(tmp, "task.json"), dict(task=task, model_class=type(model).__name__, seed=seed,
+                                                    labels=data.get("labels"), init=args.init))
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def aggregate(per_seed, metric):
+    """Mean and sample standard deviation (n - 1) over seeds of the final- and best-epoch scores."""
+    def stats(values):
+        values = np.array(values, dtype=np.float64)
+        return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    final, final_std = stats([r["final"] for r in per_seed])
+    best, best_std = stats([r["best"] for r in per_seed])
+    out = dict(metric=metric, seeds=[r["seed"] for r in per_seed], final=final, final_std=final_std, best=best,
+               best_std=best_std, per_seed=per_seed)
+    if "final_2" in per_seed[0]:
+        out["final_2"], out["final_2_std"] = stats([r["final_2"] for r in per_seed])
+    return out
+
+
+def run_task(task, data, args, tok_path):
+    hp, kind = settings(task, args), TASKS[task]["kind"]
+    metric = {"span": "F1 / EM", "simclue": "Spearman / Pearson"}.get(kind, "acc")
+    runner = run_cmrc if kind == "span" else run_simclue if kind == "simclue" else run_classification
+    per_seed = []
+    for seed in range(args.seed, args.seed + hp["seeds"]):
+        torch.manual_seed(seed)
+        model = build_model(task, data, args)
+        scores, losses = runner(task, data, model, hp, seed, args)
+        before = scores.pop(0) if kind == "simclue" else None
+        r = dict(seed=seed, final=scores[-1][0], best=max(s[0] for s in scores), per_epoch=[list(s) for s in scores],
+                 train_loss=losses)
+        if len(scores[-1]) > 1:
+            r["final_2"] = scores[-1][1]  # EM for CMRC2018, Pearson for SimCLUE
+        if before is not None:
+            r["before"] = list(before)
+        if args.save:
+            r["saved"] = save_model(model, task, data, seed, args, tok_path)
+        per_seed.append(r)
+        del model
+    out = aggregate(per_seed, metric)
+    if kind == "simclue":  # the baseline: the same score before fine-tuning (identical for every seed)
+        out["baseline"] = per_seed[0]["before"]
+    else:
+        out["baseline"] = data["baseline"]
+    out.update(n_train=data["n_train"], n_dev=data["n_dev"], notes=data["notes"], settings=hp)
+    if "labels" in data:
+        out["labels"] = len(data["labels"])
+    if "off_edges" in data:
+        out["dev_answers_off_token_edges"] = data["off_edges"]
+    return out
+
+
+def markdown_table(results, args):
+    pct = lambda m, s=None: f"{100 * m:.2f}" + ("" if s is None else f" ± {100 * s:.2f}")  # noqa: E731
+    rows = [f"CLUE dev results: {args.model_dir} ({'random init' if args.init == 'random' else 'pre-trained'}), "
+            f"seeds from {args.seed}; dev scores are mean ± std over the seeds (std over n-1)", "",
+            "| task | metric | seeds | dev (final epoch) | dev (best epoch) | baseline | final, per seed | train / dev | time |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    warn = []
+    for task, r in results.items():
+        n = len(r["seeds"])
+        std = lambda key: r[key] if n > 1 else None  # noqa: E731
+        final = pct(r["final"], std("final_std")) + (f" / {pct(r['final_2'], std('final_2_std'))}" if "final_2" in r else "")
+        base = r["baseline"]
+        base = "–" if base is None else f"before fine-tuning {pct(base[0])} / {pct(base[1])}" if isinstance(base, list) \
+            else f"majority class {pct(base)}"
+        per_seed = ", ".join(pct(s["final"]) for s in r["per_seed"])
+        rows.append(f"| {task} | {r['metric']} | {n} | {final} | {pct(r['best'], std('best_std'))} | {base} | {per_seed} | "
+                    f"{r['n_train']:,} / {r['n_dev']:,} | {r['seconds']:.0f}s |")
+        if n == 1 and r["n_dev"] < SMALL_DEV:
+            warn.append(f"warning: {task} has {r['n_dev']} dev rows and ran with one seed; its score moves by "
+                        f"several points between seeds (use --seeds 3)")
+    return "\n".join(rows + ([""] + warn if warn else []))
+
+
+# ------------------------------------------------------------------------------------------
+# Command line: every setting and file is checked before any work
+
+def check_tokenizer(tok, tok_path, args):
+    """The tokenizer must belong to the model: same special ids and a vocabulary that fits, the same
+    file as the model directory's own tokenizer.json, and the fingerprint the model directory records
+    (config.json's tokenizer_sha256, where present)."""
+    cfg = load_config(args.model_dir)
     ids = {t: tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")}
     want = {"[PAD]": cfg.pad_id, "[CLS]": cfg.cls_id, "[SEP]": cfg.sep_id, "[MASK]": cfg.mask_id}
     if tok.get_vocab_size() > cfg.vocab_size or ids != want:
         raise EvalError(f"the tokenizer ({tok.get_vocab_size()} tokens, special ids {list(ids.values())}) does not "
-                        f"match the model in {model_dir} (vocabulary {cfg.vocab_size}, special ids {list(want.values())})")
+                        f"match the model in {args.model_dir} (vocabulary {cfg.vocab_size}, special ids {list(want.values())})")
+    digest = sha256(tok_path)
+    own = os.path.join(args.model_dir, "tokenizer.json")
+    if os.path.isfile(own) and sha256(own) != digest:
+        raise EvalError(f"{tok_path} is not the tokenizer of {args.model_dir} (its tokenizer.json differs)")
+    with open(os.path.join(args.model_dir, "config.json")) as f:
+        recorded = json.load(f).get("tokenizer_sha256")
+    if recorded and recorded != digest:
+        raise EvalError(f"{tok_path}: sha256 {digest[:12]}… is not the tokenizer_sha256 {recorded[:12]}… that "
+                        f"{args.model_dir}/config.json records")
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def number(kind, low, high=None, low_open=False):
+    """An argparse type: a number in [low, high] (or (low, high] with low_open), else one line giving the range."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if not math.isfinite(value) or (value <= low if low_open else value < low) or (high is not None and value > high):
+            rng = f"{'>' if low_open else '>='} {low}" if high is None else f"in {'(' if low_open else '['}{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"{text}: must be {rng}")
+        return value
+    return parse
+
+
+def parse_args(argv):
+    plural = lambda n, word: f"{n} {word}{'s' * (n > 1)}"  # noqa: E731
+    defaults = "\n".join(f"  {t:12s} {plural(s['epochs'], 'epoch'):>9s}, lr {s['lr']:g}, batch {s['batch']}, length "
+                         f"{s['max_len']}, {plural(s.get('seeds', 1), 'seed')}" for t, s in TASKS.items())
+    p = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 2)[2] + "\n\nPer-task defaults (CLUE's baseline settings; SimCLUE's are this project's choice):\n" + defaults)
+    p.add_argument("--model_dir", default="out", help="a directory written by train.py (default: %(default)s)")
+    p.add_argument("--data_dir", default="data/clue", help="the CLUE folders (default: %(default)s)")
+    p.add_argument("--tasks", default="all", help="comma-separated, or all: every task whose files exist (default: all)")
+    p.add_argument("--path", action="append", default=[], metavar="TASK=DIR", help="a task's own folder")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: the one in --model_dir)")
+    p.add_argument("--init", choices=["pretrained", "random"], default="pretrained", help="default: %(default)s")
+    p.add_argument("--epochs", type=number(int, 1), help="default: the task's (below)")
+    p.add_argument("--lr", type=number(float, 0, low_open=True), help="peak learning rate (default: the task's)")
+    p.add_argument("--batch_size", type=number(int, 1), help="default: the task's")
+    p.add_argument("--max_len", type=number(int, 16), help="tokens per row, at most the model's max_seq_len (default: the task's)")
+    p.add_argument("--seeds", type=number(int, 1), help="runs per task with seeds --seed, --seed+1, ...; "
+                                                        "default: 3 for CLUEWSC2020 and CSL, else 1")
+    p.add_argument("--seed", type=number(int, 0), default=42, help="the first seed (default: %(default)s)")
+    p.add_argument("--pooling", choices=["cls", "mean"], help="classifier's sentence vector (default: the checkpoint's config)")
+    p.add_argument("--dropout", type=number(float, 0, 0.99), help="classifier dropout (default: the checkpoint's config)")
+    p.add_argument("--doc_stride", type=number(int, 1), default=128,
+                   help="CMRC2018 window stride in tokens, at most half of --max_len (default: %(default)s)")
+    p.add_argument("--temperature", type=number(float, 0, low_open=True), default=0.05,
+                   help="SimCLUE InfoNCE temperature (default: %(default)s)")
+    p.add_argument("--max_train_samples", type=number(int, 1), help="a random subset of each training set (default: all)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: %(default)s)")
+    p.add_argument("--dtype", default="auto", help="autocast: auto (bf16 where native), float32 or bfloat16 (default: auto)")
+    p.add_argument("--out", help="results file (default: <model_dir>/results_clue.json)")
+    p.add_argument("--save", metavar="DIR", help="keep each fine-tuned model in DIR/<task>/seed<N>/ (default: not kept)")
+    p.add_argument("--progress", choices=["True", "False"], default="True", help="progress bars (default: %(default)s)")
+    args = p.parse_args(argv)
+    args.progress = args.progress == "True"
+    return args
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0], epilog=__doc__.split("\n\n", 2)[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_dir", default="out")
-    p.add_argument("--data_dir", default="data/clue")
-    p.add_argument("--tasks", default="all", help="comma-separated, or all (every task whose files exist)")
-    p.add_argument("--path", action="append", default=[], metavar="TASK=DIR", help="a task's own folder")
-    p.add_argument("--tokenizer", help="tokenizer.json (default: the one in --model_dir)")
-    p.add_argument("--init", choices=["pretrained", "random"], default="pretrained")
-    p.add_argument("--epochs", type=int, help="default: the task's CLUE setting")
-    p.add_argument("--lr", type=float, help="default: the task's CLUE setting")
-    p.add_argument("--batch_size", type=int)
-    p.add_argument("--max_len", type=int)
-    p.add_argument("--pooling", choices=["cls", "mean"], help="sentence vector (default: the checkpoint's config)")
-    p.add_argument("--dropout", type=float, help="classifier dropout (default: the checkpoint's config)")
-    p.add_argument("--doc_stride", type=int, default=128, help="CMRC2018 window stride (tokens)")
-    p.add_argument("--max_train_samples", type=int, help="a random subset of the training set (quick runs)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", help="autocast: auto (bf16 where native), float32 or bfloat16")
-    p.add_argument("--out", help="results file (default: <model_dir>/results_clue.json)")
-    p.add_argument("--progress", type=lambda s: s == "True", default=True)
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     try:
@@ -416,16 +851,20 @@ def main(argv=None):
         sys.exit(f"eval_clue.py: error: --dtype: {e}")
     args.autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     try:
-        results = evaluate_tasks(args)
+        return evaluate_tasks(args)
     except EvalError as e:
         sys.exit(f"eval_clue.py: error: {e}")
-    return results
 
 
-def evaluate_tasks(args):
-    overrides = dict(item.split("=", 1) for item in args.path)
+def resolve_tasks(args):
+    overrides = {}
+    for item in args.path:
+        task, sep, folder = item.partition("=")
+        if not sep or task not in TASKS:
+            raise EvalError(f"--path {item!r}: expected TASK=DIR with TASK one of {', '.join(TASKS)}")
+        overrides[task] = folder
     if args.tasks == "all":
-        tasks = [t for t in TASKS if all(map(os.path.exists, task_paths(t, args.data_dir, overrides.get(t)).values()))]
+        tasks = [t for t in TASKS if all(map(os.path.isfile, task_paths(t, args.data_dir, overrides.get(t)).values()))]
         if not tasks:
             raise EvalError(f"{args.data_dir}: no CLUE task files found (expected e.g. afqmc_public/train.json)")
     else:
@@ -433,43 +872,63 @@ def evaluate_tasks(args):
         unknown = [t for t in tasks if t not in TASKS]
         if unknown:
             raise EvalError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+    return tasks, {t: task_files(t, args.data_dir, overrides.get(t)) for t in tasks}
+
+
+def check_environment(tasks, args):
     for name in ("config.json",) + (("model.safetensors",) if args.init == "pretrained" else ()):
-        if not os.path.exists(os.path.join(args.model_dir, name)):
+        if not os.path.isfile(os.path.join(args.model_dir, name)):
             raise EvalError(f"{args.model_dir}: no {name} (a directory written by train.py / save_pretrained)")
+    try:
+        cfg = load_config(args.model_dir)
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise EvalError(f"{args.model_dir}/config.json: unreadable ({e})")
+    for task in tasks:
+        hp = settings(task, args)
+        if hp["max_len"] > cfg.max_seq_len:
+            raise EvalError(f"{task}: --max_len {hp['max_len']} exceeds the model's max_seq_len {cfg.max_seq_len}")
+        if TASKS[task]["kind"] == "span" and args.doc_stride > hp["max_len"] // 2:
+            raise EvalError(f"--doc_stride {args.doc_stride}: must be in [1, {hp['max_len'] // 2}] (half of the "
+                            f"CMRC2018 length {hp['max_len']}), else windows skip context")
+    out = args.out or os.path.join(args.model_dir, "results_clue.json")
+    try:
+        os.makedirs(args.save, exist_ok=True) if args.save else None
+    except OSError as e:
+        raise EvalError(f"--save {args.save}: {e.strerror}")
+    for folder in [os.path.dirname(os.path.abspath(out))] + ([args.save] if args.save else []):
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise EvalError(f"{folder}: not a writable directory")
+
+
+def evaluate_tasks(args):
+    tasks, paths = resolve_tasks(args)
+    check_environment(tasks, args)
     tok_path = args.tokenizer or os.path.join(args.model_dir, "tokenizer.json")
-    if not os.path.exists(tok_path):
+    if not os.path.isfile(tok_path):
         raise EvalError(f"{tok_path}: no tokenizer (pass --tokenizer)")
     from tokenizers import Tokenizer
-    paths = {t: task_files(t, args.data_dir, overrides.get(t)) for t in tasks}  # fail before any training
+    try:
+        tok = Tokenizer.from_file(tok_path)
+    except Exception as e:  # the tokenizers library raises its own exception types
+        raise EvalError(f"{tok_path}: not a tokenizers JSON file ({str(e).splitlines()[0][:80]})")
+    check_tokenizer(tok, tok_path, args)
+    data = {}
+    for task in tasks:  # read, validate and encode every task before training any
+        kind = TASKS[task]["kind"]
+        load = load_cmrc if kind == "span" else load_simclue if kind == "simclue" else load_classification
+        data[task] = load(task, paths[task], tok, args)
+    out = args.out or os.path.join(args.model_dir, "results_clue.json")
     results = {}
     for task in tasks:
-        tok = Tokenizer.from_file(tok_path)
-        check_tokenizer(tok, args.model_dir)
-        torch.manual_seed(args.seed)
         t0 = time.time()
-        results[task] = run_cmrc(paths[task], tok, args) if task == "cmrc2018" else \
-            run_classification(task, paths[task], tok, args)
+        results[task] = run_task(task, data.pop(task), args, tok_path)
         results[task]["seconds"] = round(time.time() - t0, 1)
-    table = markdown_table(results, args)
+        table = markdown_table(results, args)  # written after every task: a later failure keeps these
+        write_json(out, dict(model_dir=args.model_dir, init=args.init, seed=args.seed, tasks=results, table=table,
+                             settings={k: v for k, v in vars(args).items() if k not in ("progress", "autocast")}))
     print(table)
-    out = args.out or os.path.join(args.model_dir, "results_clue.json")
-    write_json(out, dict(model_dir=args.model_dir, init=args.init, seed=args.seed, tasks=results, table=table,
-                         settings={k: v for k, v in vars(args).items() if k not in ("progress", "autocast")}))
     print(f"wrote {out}")
     return results
-
-
-def markdown_table(results, args):
-    rows = [f"CLUE dev results: {args.model_dir} ({'random init' if args.init == 'random' else 'pre-trained'}), "
-            f"seed {args.seed}", "",
-            "| task | metric | dev (final epoch) | dev (best epoch) | majority class | train / dev | time |",
-            "|---|---|---|---|---|---|---|"]
-    for task, r in results.items():
-        final = f"{100 * r['final']:.2f}" + (f" / {100 * r['em_final']:.2f}" if "em_final" in r else "")
-        maj = "–" if r["majority"] is None else f"{100 * r['majority']:.2f}"
-        rows.append(f"| {task} | {r['metric']} | {final} | {100 * r['best']:.2f} | {maj} | "
-                    f"{r['n_train']:,} / {r['n_dev']:,} | {r['seconds']:.0f}s |")
-    return "\n".join(rows)
 
 
 if __name__ == "__main__":

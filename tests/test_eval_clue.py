@@ -1,16 +1,27 @@
 """eval_clue.py: readers for every task's official format, encodings, CMRC2018 windows and metric,
 an end-to-end fine-tune of a tiny model, and bad input."""
-import json, os, subprocess, sys
+import argparse, json, os, shutil, subprocess, sys
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, SENTENCES
 
 import eval_clue
 from cmbert import CMBert, CMBertConfig
 
 S = ["蚂蚁借呗等额还款可以换成先息后本吗", "借呗有先息到期还本吗", "花呗支持高铁票支付吗", "为什么友付宝不支持花呗付款",
      "今天股市大涨", "这部电影非常好看", "明天会下雨吗", "如何办理信用卡"]
+
+
+# SimCLUE toy set: 8 "meanings", each written three ways with disjoint characters, so that before
+# fine-tuning the embeddings of two paraphrases are no closer than those of unrelated sentences.
+# Train on the paraphrase pairs; dev pairs of the same meaning are label 1, of different ones 0.
+_CHARS = sorted(set("".join(SENTENCES)) - set("，。"))
+PARA = [tuple("".join(_CHARS[(24 * k + 8 * w + i) % len(_CHARS)] for i in range(5)) for w in range(3)) for k in range(8)]
+PARA_TRAIN = [{"sentence1": t[i], "sentence2": t[j], "label": "1"} for t in PARA for i, j in ((0, 1), (1, 2), (0, 2))] + \
+             [{"sentence1": PARA[k][0], "sentence2": PARA[(k + 3) % 8][1], "label": "0"} for k in range(8)]
+PARA_DEV = [{"sentence1": t[0], "sentence2": t[2], "label": 1} for t in PARA] + \
+           [{"sentence1": PARA[k][1], "sentence2": PARA[(k + s) % 8][2], "label": 0} for k in range(8) for s in (1, 2)]
 
 
 def write_jsonl(path, rows):
@@ -50,6 +61,10 @@ def clue_dir(tmp_path_factory):
         {"id": "q2", "question": "北京有什么名胜古迹？", "answers": [{"text": "故宫和长城", "answer_start": 22}]}]}]}]}
     (d / "cmrc2018_train.json").write_text(json.dumps(cmrc, ensure_ascii=False), encoding="utf-8")
     (d / "cmrc2018_dev.json").write_text(json.dumps(cmrc, ensure_ascii=False), encoding="utf-8")
+    write_jsonl(d / "simclue_public" / "train.json", PARA_TRAIN)
+    write_jsonl(d / "simclue_public" / "dev.json", PARA_DEV)
+    write_jsonl(d / "simclue_public" / "train_rank.json",
+                [{"query": a, "title": b, "neg_title": PARA[(i + 1) % len(PARA)][0]} for i, (a, b, _) in enumerate(PARA)])
     return d
 
 
@@ -72,6 +87,9 @@ def test_readers_for_every_task(clue_dir):
     assert ex[0][0] == "小明把书给了[小红]，因为<她>想看。"
     qa = eval_clue.read_cmrc(str(clue_dir / "cmrc2018_dev.json"))
     assert len(qa) == 2 and qa[0]["answers"] == [("北京", 6)]
+    assert qa[1]["answers"] == [("故宫和长城", 21)], "an answer_start that is off by one is moved to the answer"
+    pairs = eval_clue.read_simclue_pairs(str(clue_dir / "simclue_public" / "dev.json"))
+    assert pairs[0] == (PARA[0][0], PARA[0][2], 1, 1) and sum(p[2] for p in pairs) == 8
     for task in eval_clue.TASKS:
         assert all(os.path.exists(p) for p in eval_clue.task_files(task, str(clue_dir), None).values())
 
@@ -126,14 +144,44 @@ def test_cmrc_windows_map_answers_back_to_characters(model_dir):
     assert context[a:b] == "北京"
 
 
-def test_cmrc_metric_on_known_cases():
-    assert eval_clue.cmrc_em_f1("北京", [("北京", 0)]) == (1.0, 1.0)
-    assert eval_clue.cmrc_em_f1("北京。", [("北京", 0)]) == (1.0, 1.0)  # punctuation ignored
-    em, f1 = eval_clue.cmrc_em_f1("在北京", [("北京", 0)])
-    assert em == 0.0 and f1 == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
-    assert eval_clue.cmrc_em_f1("上海", [("北京", 0), ("首都", 0)]) == (0.0, 0.0)
-    assert eval_clue.cmrc_em_f1("iPhone 12", [("iphone12", 0)])[0] == 0.0  # "iphone", "12" vs "iphone12"
-    assert eval_clue.cmrc_tokens("Apple公司 2020年") == ["apple", "公", "司", "2020", "年"]
+def test_official_cmrc_metric_where_a_naive_port_differs():
+    seg, em, f1 = eval_clue.cmrc_segments, eval_clue.cmrc_em, eval_clue.cmrc_f1
+    assert seg("Apple公司 2020年") == ["apple", "公", "司", "2020", "年"]
+    assert seg("3.5亿") == ["3.5", "亿"]  # NLTK keeps a decimal number whole
+    assert seg("(1998)") == ["(", "1998", ")"] and em("(1998)", ["1998"]) == 0.0  # ASCII brackets are not in the list
+    assert f1("(1998)", ["1998"]) == pytest.approx(0.5)
+    assert seg("（1998）") == ["1998"] and em("（1998）", ["1998"]) == 1.0  # full-width brackets are
+    assert seg("iPhone 12") == ["iphone", "12"] and em("iPhone 12", ["iphone12"]) == 0.0  # inner spaces count
+    assert em(" 北京。", ["北京"]) == 1.0 and em("北京 。", ["北京"]) == 0.0  # strip first, then remove punctuation
+    assert em("北京…", ["北京"]) == 0.0  # the list's "……" never matches a single "…"
+    assert seg("COVID-19疫苗") == ["covid19", "疫", "苗"] and seg("abc，def") == ["abcdef"]  # removed, run not ended
+    assert seg("50%的人") == ["50", "%", "的", "人"] and seg("U.S.") == ["u.s", "."] and seg("1,000") == ["1,000"]
+    assert seg("二〇〇八年") == ["二", "〇〇", "八", "年"]  # U+3007 lies outside U+4E00..U+9FA5
+    assert f1("北京上海", ["上海北京"]) == pytest.approx(0.5)  # longest common substring, not a bag of tokens
+    assert em("在北京", ["北京"]) == 0.0 and f1("在北京", ["北京"]) == pytest.approx(0.8)
+    assert em("上海", ["北京", "上海"]) == 1.0 and f1("上海", ["北京", "上海"]) == 1.0 and f1("", ["北京"]) == 0.0
+
+
+def test_correlations_on_known_cases():
+    assert eval_clue.pearson([1, 2, 3, 4], [2, 4, 6, 8]) == pytest.approx(1.0)
+    assert eval_clue.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert eval_clue.pearson([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
+    assert list(eval_clue.average_ranks([3.0, 1.0, 3.0, 2.0])) == [3.5, 1.0, 3.5, 2.0]  # ties share their mean rank
+    assert eval_clue.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / 95 ** 0.5)  # 0.8207826816681233
+    assert eval_clue.spearman([1, 2, 3, 4], [1, 10, 100, 1000]) == pytest.approx(1.0)  # monotone, not linear
+    assert eval_clue.spearman([0.9, 0.1, 0.8, 0.3], [1, 0, 0, 1]) == pytest.approx(0.4472135955)
+
+
+def test_seeds_aggregate_and_table():
+    per_seed = [dict(seed=s, final=f, best=f + 0.1, per_epoch=[[f]]) for s, f in zip((1, 2, 3), (0.5, 0.6, 0.7))]
+    r = eval_clue.aggregate(per_seed, "acc")
+    assert r["final"] == pytest.approx(0.6) and r["final_std"] == pytest.approx(0.1) and r["seeds"] == [1, 2, 3]
+    r.update(baseline=0.55, n_train=100, n_dev=300, notes="", seconds=3.0)
+    one = dict(eval_clue.aggregate(per_seed[:1], "acc"), baseline=0.55, n_train=100, n_dev=300, notes="", seconds=1.0)
+    table = eval_clue.markdown_table({"cluewsc2020": r, "csl": one}, argparse.Namespace(model_dir="m", init="random", seed=1))
+    assert "| cluewsc2020 | acc | 3 | 60.00 ± 10.00 | 70.00 ± 10.00 | majority class 55.00 | 50.00, 60.00, 70.00 |" in table
+    assert "| csl | acc | 1 | 50.00 |" in table and "warning: csl has 300 dev rows and ran with one seed" in table
+    assert "warning: cluewsc2020" not in table
 
 
 def run_eval(*args):
@@ -144,20 +192,35 @@ def run_eval(*args):
 def test_end_to_end_two_tasks_and_random_init(tmp_path, clue_dir, model_dir):
     out = tmp_path / "results.json"
     r = run_eval("--model_dir", model_dir, "--data_dir", clue_dir, "--tasks", "afqmc,cmrc2018", "--epochs", "2",
-                 "--batch_size", "8", "--lr", "1e-3", "--max_len", "64", "--out", out)
+                 "--batch_size", "8", "--lr", "1e-3", "--max_len", "64", "--doc_stride", "32", "--out", out,
+                 "--save", tmp_path / "saved")
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
     assert set(res["tasks"]) == {"afqmc", "cmrc2018"}
     afqmc = res["tasks"]["afqmc"]
-    assert 0 <= afqmc["final"] <= 1 and afqmc["n_train"] == 40 and afqmc["n_dev"] == 12 and len(afqmc["per_epoch"]) == 2
-    assert afqmc["majority"] == 0.5 and res["tasks"]["cmrc2018"]["majority"] is None
-    assert "| afqmc | acc |" in r.stdout and "| cmrc2018 | F1 / EM |" in r.stdout
+    assert 0 <= afqmc["final"] <= 1 and afqmc["n_train"] == 40 and afqmc["n_dev"] == 12
+    assert afqmc["seeds"] == [42] and len(afqmc["per_seed"][0]["per_epoch"]) == 2
+    assert afqmc["baseline"] == 0.5 and res["tasks"]["cmrc2018"]["baseline"] is None
+    assert 0 <= res["tasks"]["cmrc2018"]["dev_answers_off_token_edges"] <= 1
+    assert "| afqmc | acc | 1 |" in r.stdout and "| cmrc2018 | F1 / EM | 1 |" in r.stdout
+    saved = tmp_path / "saved" / "cmrc2018" / "seed42"
+    assert json.loads((saved / "task.json").read_text())["model_class"] == "CMBertForSpans"
+    assert eval_clue.CMBertForSpans.from_pretrained(str(saved)) is not None
     r = run_eval("--model_dir", model_dir, "--data_dir", clue_dir, "--tasks", "all", "--epochs", "1", "--init", "random",
-                 "--max_len", "64")
+                 "--max_len", "64", "--doc_stride", "32", "--seeds", "1")
     assert r.returncode == 0, r.stderr
     res = json.loads((model_dir / "results_clue.json").read_text())
     assert res["init"] == "random" and set(res["tasks"]) == set(eval_clue.TASKS)
     assert "dropped 6 train / 2 dev" in res["tasks"]["ocnli"]["notes"]
+    assert "warning: cluewsc2020 has 4 dev rows and ran with one seed" in r.stdout
+
+
+def evaluate(*args):
+    """eval_clue in this process (faster than a subprocess); a refusal comes back as its message."""
+    try:
+        return eval_clue.main(["--progress", "False", *map(str, args)])
+    except SystemExit as e:
+        return str(e.code)
 
 
 def test_fine_tuning_learns(tmp_path, model_dir):
@@ -166,28 +229,159 @@ def test_fine_tuning_learns(tmp_path, model_dir):
     rows = [{"sentence": S[i % 8], "label": str(100 + (i % 8) % 3), "label_desc": "x", "keywords": ""} for i in range(48)]
     write_jsonl(tmp_path / "tnews_public" / "train.json", rows)
     write_jsonl(tmp_path / "tnews_public" / "dev.json", rows[:8])
+    res = evaluate("--model_dir", model_dir, "--data_dir", tmp_path, "--tasks", "tnews", "--init", "random", "--epochs",
+                   "15", "--lr", "3e-3", "--batch_size", "8", "--out", tmp_path / "r.json")["tnews"]
+    assert res["baseline"] == 3 / 8 and res["final"] >= 7 / 8, res["per_seed"]
+
+
+def test_simclue_contrastive_fine_tuning_separates_paraphrases(tmp_path, clue_dir, model_dir):
+    """InfoNCE on the toy paraphrase set: Spearman of cosine vs label rises well above its value
+    before fine-tuning; the fine-tuned encoder is saved as a model directory."""
+    res = evaluate("--model_dir", model_dir, "--data_dir", clue_dir, "--tasks", "simclue", "--init", "random",
+                   "--epochs", "4", "--lr", "3e-3", "--batch_size", "8", "--out", tmp_path / "r.json",
+                   "--save", tmp_path / "saved")["simclue"]
+    before, after = res["baseline"][0], res["final"]
+    assert res["n_train"] == 24 + 8 and res["n_dev"] == 24 and "8 with a hard negative" in res["notes"]
+    assert after > before + 0.3 and after > 0.6, (before, res["per_seed"])
+    saved = res["per_seed"][0]["saved"]
+    assert json.loads(open(os.path.join(saved, "task.json")).read())["model_class"] == "CMBert"
+    CMBert.from_pretrained(saved)
+
+
+def test_info_nce_prefers_the_matching_positive():
+    a = torch.eye(4)
+    assert eval_clue.info_nce(a, a.clone()) < eval_clue.info_nce(a, a.roll(1, 0))
+    hard = eval_clue.info_nce(a, a.clone(), negative=a[:1].clone() * 0.99 + 0.01)
+    assert hard > eval_clue.info_nce(a, a.clone())  # a near-duplicate negative makes it harder
+
+
+def test_saved_classifier_reloads_with_the_same_logits(tmp_path, model_dir):
+    from cmbert import CMBertForSequenceClassification
+    args = argparse.Namespace(save=str(tmp_path), init="pretrained")
+    model = CMBertForSequenceClassification.from_pretrained(str(model_dir), num_labels=3).eval()
+    folder = eval_clue.save_model(model, "tnews", {"labels": ["100", "102", "104"]}, 7, args, str(model_dir / "tokenizer.json"))
+    meta = json.loads(open(os.path.join(folder, "task.json")).read())
+    again = CMBertForSequenceClassification.from_pretrained(folder, num_labels=len(meta["labels"])).eval()
+    ids = torch.randint(5, 1000, (2, 9))
+    mask = torch.tensor([[1] * 9, [1] * 5 + [0] * 4])
+    assert torch.equal(model(ids, mask)[0], again(ids, mask)[0]) and meta["labels"] == ["100", "102", "104"]
+    assert os.path.exists(os.path.join(folder, "tokenizer.json")) and os.listdir(tmp_path / "tnews") == ["seed7"]
+    eval_clue.save_model(again, "tnews", {"labels": ["100", "102", "104"]}, 7, args, str(model_dir / "tokenizer.json"))
+    assert os.listdir(tmp_path / "tnews") == ["seed7"]  # replaced, no temporary left behind
+
+
+def test_clue_layout_of_cmrc2018_is_found(tmp_path, clue_dir):
+    (tmp_path / "cmrc2018_public").mkdir()
+    for split in ("train", "dev"):
+        (tmp_path / "cmrc2018_public" / f"{split}.json").write_bytes((clue_dir / f"cmrc2018_{split}.json").read_bytes())
+    paths = eval_clue.task_files("cmrc2018", str(tmp_path), None)
+    assert paths["dev"] == str(tmp_path / "cmrc2018_public" / "dev.json")
+    args = argparse.Namespace(tasks="all", path=[], data_dir=str(tmp_path))
+    assert eval_clue.resolve_tasks(args)[0] == ["cmrc2018"]
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--epochs", "0", "argument --epochs: 0: must be >= 1"), ("--max_train_samples", "0", "must be >= 1"),
+    ("--batch_size", "0", "argument --batch_size: 0: must be >= 1"), ("--lr", "0", "argument --lr: 0: must be > 0"),
+    ("--lr", "-1e-5", "must be > 0"), ("--lr", "nan", "must be > 0"), ("--max_len", "8", "must be >= 16"),
+    ("--seeds", "0", "argument --seeds: 0: must be >= 1"), ("--dropout", "1.5", "must be in [0, 0.99]"),
+    ("--temperature", "0", "must be > 0"), ("--doc_stride", "0", "must be >= 1"), ("--epochs", "two", "not an integer"),
+    ("--seed", "-1", "must be >= 0"), ("--progress", "yes", "invalid choice")])
+def test_bad_settings_are_refused_with_the_allowed_range(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        eval_clue.parse_args([f"{flag}={value}"])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_settings_checked_against_the_model_before_any_work(clue_dir, model_dir):
+    assert "exceeds the model's max_seq_len" in evaluate("--model_dir", model_dir, "--data_dir", clue_dir, "--tasks",
+                                                         "afqmc", "--max_len", "100000")
+    assert "--doc_stride 128: must be in [1, 32]" in evaluate("--model_dir", model_dir, "--data_dir", clue_dir,
+                                                              "--tasks", "cmrc2018", "--max_len", "64")
+
+
+def test_bad_rows_are_one_line_naming_file_and_line(tmp_path, model_dir):
+    cases = [("afqmc_public", {"sentence1": "好", "label": "0"}, "no field 'sentence2'"),
+             ("afqmc_public", {"sentence1": "好", "sentence2": None, "label": "0"}, "field 'sentence2' is None, not text"),
+             ("tnews_public", ["not", "an", "object"], "not a JSON object"),
+             ("tnews_public", {"sentence": "好", "label": [1]}, "label [1] is neither text nor an integer"),
+             ("simclue_public", {"sentence1": "好", "sentence2": "坏", "label": "2"}, "label '2' is not 0 or 1"),
+             ("cluewsc2020_public", {"text": "她好", "target": {"span1_text": "她", "span1_index": "0", "span2_text": "好",
+                                                              "span2_index": 1}, "label": "true"}, "is '0', not an integer")]
+    task = {"afqmc_public": "afqmc", "tnews_public": "tnews", "simclue_public": "simclue", "cluewsc2020_public": "cluewsc2020"}
+    good = {"afqmc_public": {"sentence1": "好", "sentence2": "坏", "label": "1"}, "tnews_public": {"sentence": "好", "label": "100"},
+            "simclue_public": {"sentence1": "好", "sentence2": "坏", "label": "1"},
+            "cluewsc2020_public": {"text": "她好", "target": {"span1_text": "她", "span1_index": 0, "span2_text": "好",
+                                                            "span2_index": 1}, "label": "true"}}
+    for k, (folder, row, message) in enumerate(cases):
+        d = tmp_path / str(k)
+        write_jsonl(d / folder / "train.json", [good[folder], row])
+        write_jsonl(d / folder / "dev.json", [good[folder], dict(good[folder], label="0" if folder != "cluewsc2020_public"
+                                                                   else "true")])
+        msg = evaluate("--model_dir", model_dir, "--data_dir", d, "--tasks", task[folder])
+        assert msg.startswith(f"eval_clue.py: error: {d / folder / 'train.json'}: line 2: ") and message in msg, msg
+        assert "\n" not in msg
+    (d / "cluewsc2020_public" / "train.json").write_bytes(b'{"text": "\xff"}\n')
+    assert "train.json: line 1: not UTF-8" in evaluate("--model_dir", model_dir, "--data_dir", d, "--tasks", "cluewsc2020")
+
+
+def test_label_set_from_the_whole_training_file_and_empty_dev(tmp_path, model_dir):
+    rows = [{"sentence": S[i % 8], "label": "100"} for i in range(30)] + [{"sentence": S[1], "label": "116"}]
+    write_jsonl(tmp_path / "tnews_public" / "train.json", rows)
+    write_jsonl(tmp_path / "tnews_public" / "dev.json", [{"sentence": S[1], "label": "116"}, rows[0]])
+    res = evaluate("--model_dir", model_dir, "--data_dir", tmp_path, "--tasks", "tnews", "--init", "random",
+                   "--max_train_samples", "4", "--epochs", "1", "--out", tmp_path / "r.json")
+    assert res["tnews"]["labels"] == 2 and res["tnews"]["n_train"] == 4  # "116" is known though the subset lacks it
+    write_jsonl(tmp_path / "tnews_public" / "dev.json", [])
+    assert "dev.json: no labelled rows" in evaluate("--model_dir", model_dir, "--data_dir", tmp_path, "--tasks", "tnews")
+
+
+def test_every_task_validated_first_and_results_written_after_each(tmp_path, clue_dir, model_dir, monkeypatch):
+    bad = tmp_path / "bad"
+    shutil.copytree(clue_dir / "afqmc_public", bad / "afqmc_public")
+    write_jsonl(bad / "tnews_public" / "train.json", [{"sentence": "好", "label": "100"}])
+    (bad / "tnews_public" / "dev.json").write_text('{"sentence": "好", "label": "100"}\n{oops\n', encoding="utf-8")
     out = tmp_path / "r.json"
-    r = run_eval("--model_dir", model_dir, "--data_dir", tmp_path, "--tasks", "tnews", "--init", "random", "--epochs", "15",
-                 "--lr", "3e-3", "--batch_size", "8", "--out", out)
-    assert r.returncode == 0, r.stderr
-    res = json.loads(out.read_text())["tasks"]["tnews"]
-    assert res["majority"] == 3 / 8 and res["final"] >= 7 / 8, res["per_epoch"]
+    msg = evaluate("--model_dir", model_dir, "--data_dir", bad, "--tasks", "afqmc,tnews", "--out", out)
+    assert "tnews_public/dev.json: line 2: invalid JSON" in msg and not out.exists()  # nothing trained
+    real = eval_clue.run_classification
+
+    def failing(task, *a):
+        if task == "tnews":
+            raise eval_clue.EvalError("tnews: simulated failure")
+        return real(task, *a)
+    monkeypatch.setattr(eval_clue, "run_classification", failing)
+    msg = evaluate("--model_dir", model_dir, "--data_dir", clue_dir, "--tasks", "afqmc,tnews", "--epochs", "1", "--out", out)
+    assert "simulated failure" in msg and set(json.loads(out.read_text())["tasks"]) == {"afqmc"}  # afqmc kept
 
 
 def test_bad_inputs(tmp_path, clue_dir, model_dir):
-    r = run_eval("--model_dir", model_dir, "--data_dir", tmp_path, "--tasks", "afqmc")
-    assert r.returncode != 0 and "afqmc: missing" in r.stderr and str(tmp_path / "afqmc_public" / "train.json") in r.stderr
+    msg = evaluate("--model_dir", model_dir, "--data_dir", tmp_path, "--tasks", "afqmc")
+    assert "afqmc: missing" in msg and str(tmp_path / "afqmc_public" / "train.json") in msg
     bad = tmp_path / "bad"
     write_jsonl(bad / "tnews_public" / "train.json", [{"sentence": "好", "label": "100"}, {"sentence": "坏", "label": "101"}])
     write_jsonl(bad / "tnews_public" / "dev.json", [{"sentence": "好", "label": "100"}, {"sentence": "坏", "label": "117"}])
-    r = run_eval("--model_dir", model_dir, "--data_dir", bad, "--tasks", "tnews")
-    assert r.returncode != 0 and "dev.json: line 2: label '117' does not occur" in r.stderr
+    assert "dev.json: line 2: label '117' does not occur" in evaluate("--model_dir", model_dir, "--data_dir", bad, "--tasks", "tnews")
     empty = tmp_path / "empty_model"
     empty.mkdir()
-    r = run_eval("--model_dir", empty, "--data_dir", clue_dir, "--tasks", "afqmc")
-    assert r.returncode != 0 and "no config.json" in r.stderr
+    assert "no config.json" in evaluate("--model_dir", empty, "--data_dir", clue_dir, "--tasks", "afqmc")
     other = tmp_path / "other_model"
     CMBert(CMBertConfig(vocab_size=512, n_layer=1, n_head=2, n_embd=32, intermediate_size=48)).save_pretrained(other)
     (other / "tokenizer.json").write_bytes((model_dir / "tokenizer.json").read_bytes())
-    r = run_eval("--model_dir", other, "--data_dir", clue_dir, "--tasks", "afqmc")
-    assert r.returncode != 0 and "does not match the model" in r.stderr
+    assert "does not match the model" in evaluate("--model_dir", other, "--data_dir", clue_dir, "--tasks", "afqmc")
+
+
+def test_a_tokenizer_from_elsewhere_is_refused(tmp_path, clue_dir, model_dir):
+    foreign = tmp_path / "tokenizer.json"
+    tok = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    tok["normalizer"] = None  # same vocabulary and special ids, another file
+    foreign.write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
+    msg = evaluate("--model_dir", model_dir, "--data_dir", clue_dir, "--tasks", "afqmc", "--tokenizer", foreign)
+    assert f"{foreign} is not the tokenizer of {model_dir}" in msg
+    recorded = tmp_path / "model"
+    shutil.copytree(model_dir, recorded)
+    (recorded / "tokenizer.json").unlink()
+    cfg = json.loads((recorded / "config.json").read_text())
+    (recorded / "config.json").write_text(json.dumps(dict(cfg, tokenizer_sha256="0" * 64)))
+    msg = evaluate("--model_dir", recorded, "--data_dir", clue_dir, "--tasks", "afqmc", "--tokenizer", model_dir / "tokenizer.json")
+    assert "is not the tokenizer_sha256 000000000000" in msg
