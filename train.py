@@ -37,9 +37,9 @@ class TrainConfig:
     # grad_accum * processes; they change at a switch unless the batch sizes keep them constant.
     # Adding a stage is adding a record here (or in a config file).
     stages: list = field(default_factory=lambda: [
-        dict(start=0.0, seq_len=1024, batch_size=1, rope_theta=80000.0),
-        dict(start=0.99, seq_len=8192, batch_size=1, rope_theta=80000.0)])
-    max_steps: int = 1400
+        dict(start=0.0, seq_len=1024, batch_size=2, rope_theta=80000.0),
+        dict(start=0.974, seq_len=8192, batch_size=1, rope_theta=80000.0)])
+    max_steps: int = 540
     grad_accum: int = 1              # micro-steps per optimiser step
     # whole-word masking curriculum: linear min -> max over mask_warmup, then back to min at the end
     mask_min: float = 0.15
@@ -48,7 +48,7 @@ class TrainConfig:
     # damped-cosine learning rate (docs/method.md §4) after a linear warm-up
     lr_max: float = 2e-3
     lr_min: float = 2e-4
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     lr_cycles: int = 2               # N: cosine half-periods are 2N - 1, so it ends in a valley
     lr_damping: float = 0.5          # gamma: the peaks decay linearly to gamma * lr_max
     # optimiser
@@ -58,9 +58,9 @@ class TrainConfig:
     grad_clip: float = 1.0           # 0 = off
     max_bad_steps: int = 5           # consecutive non-finite steps before the run stops
     # evaluation, logging, checkpoints
-    eval_interval: int = 200
+    eval_interval: int = 100
     eval_windows: int = 16           # validation windows of the first stage's length, spread over val.bin
-    ckpt_interval: int = 200
+    ckpt_interval: int = 100
     resume: bool = False
     seed: int = 1337
     device: str = "auto"             # auto = cuda, then mps, then cpu
