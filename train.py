@@ -38,8 +38,8 @@ class TrainConfig:
     # Adding a stage is adding a record here (or in a config file).
     stages: list = field(default_factory=lambda: [
         dict(start=0.0, seq_len=1024, batch_size=2, rope_theta=80000.0),
-        dict(start=0.974, seq_len=8192, batch_size=1, rope_theta=80000.0)])
-    max_steps: int = 540
+        dict(start=0.982, seq_len=8192, batch_size=1, rope_theta=80000.0)])
+    max_steps: int = 448
     grad_accum: int = 1              # micro-steps per optimiser step
     # whole-word masking curriculum: linear min -> max over mask_warmup, then back to min at the end
     mask_min: float = 0.15
