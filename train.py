@@ -434,7 +434,7 @@ def evaluate(model, batches, baseline, device, autocast, theta, split_at=None):
                     -logp[t].sum().item(), (t == top).sum().item(), len(t)]
     model.train()
     return {g: dict(loss=v[0] / v[4], acc=v[1] / v[4], unigram_ce=v[2] / v[4], top_acc=v[3] / v[4], n=int(v[4]))
-            for g, v in sums.items() if v[4] > 0}
+            for g, v in sorted(sums.items(), key=lambda kv: ("all", "near", "far").index(kv[0])) if v[4] > 0}
 
 
 # ------------------------------------------------------------------------------------------
