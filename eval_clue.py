@@ -14,7 +14,7 @@ sentence embeddings and the 0/1 label, next to the same score before fine-tuning
 with --seeds seeds (mean +- std and per-seed scores). Results go to <model_dir>/results_clue.json
 (or --out), rewritten after each task, and a markdown table on stdout.
 """
-import argparse, hashlib, json, math, os, random, re, shutil, sys, tempfile, time
+import argparse, json, math, os, random, shutil, sys, tempfile, time
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from prepare import sha256
+from clue_data import (EvalError, cmrc_em, cmrc_f1, read_classification, read_cmrc, read_simclue_pairs,
+                       read_simclue_triples)
 from cmbert import CMBert, CMBertForSequenceClassification, Encoder, PreTrained, load_config, resolve_dtype, write_json
 
 # Per-task defaults from the CLUE baselines: files, input kind, epochs, lr, batch, length, seeds.
@@ -45,8 +48,6 @@ TASKS = {
 SMALL_DEV = 1000  # a dev set smaller than this, scored with one seed, gets a warning under the table
 
 
-class EvalError(Exception):
-    """Bad input: one line naming the file (and line) at fault."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -70,134 +71,6 @@ def task_files(task, data_dir, override):
     if missing:
         raise EvalError(f"{task}: missing {' and '.join(missing)}")
     return paths
-
-
-def read_jsonl(path):
-    """(line number, object) for every non-empty line; a line that is not a JSON object is an error."""
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-                obj = json.loads(line) if line.strip() else None
-            except UnicodeDecodeError:
-                raise EvalError(f"{path}: line {lineno}: not UTF-8")
-            except json.JSONDecodeError as e:
-                raise EvalError(f"{path}: line {lineno}: invalid JSON ({e.msg})")
-            if obj is None:
-                continue
-            if not isinstance(obj, dict):
-                raise EvalError(f"{path}: line {lineno}: not a JSON object")
-            yield lineno, obj
-
-
-def field(obj, key, path, lineno, kind=str):
-    if key not in obj:
-        raise EvalError(f"{path}: line {lineno}: no field {key!r}")
-    value = obj[key]
-    if kind is str and not isinstance(value, str) or kind is int and (not isinstance(value, int) or isinstance(value, bool)):
-        raise EvalError(f"{path}: line {lineno}: field {key!r} is {value!r}, not {'text' if kind is str else 'an integer'}")
-    return value
-
-
-def label_of(obj, path, lineno):
-    """Labels appear both as strings and as integers in circulating copies: read both as strings."""
-    label = field(obj, "label", path, lineno, kind=None)
-    if isinstance(label, bool) or not isinstance(label, (str, int)):
-        raise EvalError(f"{path}: line {lineno}: label {label!r} is neither text nor an integer")
-    return str(label)
-
-
-def read_classification(kind, path):
-    """Examples as (text_a, text_b or None, label string, line)."""
-    out, dropped = [], 0
-    for lineno, o in read_jsonl(path):
-        label = label_of(o, path, lineno)
-        if label == "-":  # NLI rows without annotator agreement
-            dropped += 1
-            continue
-        if kind == "single":
-            a, b = field(o, "sentence", path, lineno), None
-        elif kind == "pair":
-            a, b = field(o, "sentence1", path, lineno), field(o, "sentence2", path, lineno)
-        elif kind == "csl":  # the keywords, joined, paired with the abstract
-            kw = field(o, "keyword", path, lineno, kind=None)
-            if not isinstance(kw, list) or not all(isinstance(k, str) for k in kw):
-                raise EvalError(f"{path}: line {lineno}: field 'keyword' is {kw!r}, not a list of texts")
-            a, b = "、".join(kw), field(o, "abst", path, lineno)
-        else:  # wsc
-            a, b = mark_wsc(o, path, lineno), None
-        out.append((a, b, label, lineno))
-    return out, dropped
-
-
-def mark_wsc(o, path, lineno):
-    """CLUEWSC2020: mark the candidate noun phrase with [ ] and the pronoun with < >, inserted at the
-    given character offsets, so the classifier sees which two spans the question is about."""
-    text, t = field(o, "text", path, lineno), field(o, "target", path, lineno, kind=None)
-    if not isinstance(t, dict):
-        raise EvalError(f"{path}: line {lineno}: field 'target' is {t!r}, not an object")
-    spans = []
-    for k, (left, right) in (("1", ("[", "]")), ("2", ("<", ">"))):
-        i, s = field(t, f"span{k}_index", path, lineno, kind=int), field(t, f"span{k}_text", path, lineno)
-        if i < 0 or text[i:i + len(s)] != s:
-            raise EvalError(f"{path}: line {lineno}: span{k}_text {s!r} is not at span{k}_index {i}")
-        spans.append((i, i + len(s), left, right))
-    for i, j, left, right in sorted(spans, reverse=True):  # right to left keeps the offsets valid
-        text = text[:i] + left + text[i:j] + right + text[j:]
-    return text
-
-
-def read_cmrc(path):
-    """SQuAD-style: data -> paragraphs -> (context, qas -> (question, answers[text, answer_start])).
-    One JSON document, so a fault is named by its place in it (data[i].paragraphs[j].qas[k])."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except UnicodeDecodeError:
-        raise EvalError(f"{path}: not UTF-8")
-    except json.JSONDecodeError as e:
-        raise EvalError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})")
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise EvalError(f"{path}: not a SQuAD-style CMRC2018 file (no 'data' list)")
-    out = []
-    for i, doc in enumerate(data["data"]):
-        for j, para in enumerate(doc.get("paragraphs", []) if isinstance(doc, dict) else [None]):
-            for k, qa in enumerate(para.get("qas", []) if isinstance(para, dict) else [None]):
-                where = f"{path}: data[{i}].paragraphs[{j}].qas[{k}]"
-                try:
-                    context = para["context"]
-                    answers = [(a["text"], int(a["answer_start"])) for a in qa["answers"]]
-                    ex = dict(id=str(qa["id"]), context=context, question=qa["question"], answers=answers)
-                except (KeyError, TypeError, ValueError) as e:
-                    raise EvalError(f"{where}: missing or malformed field ({type(e).__name__}: {e})")
-                if not all(isinstance(s, str) for s in (context, ex["question"], *(a for a, _ in answers))):
-                    raise EvalError(f"{where}: context, question and answer texts must be strings")
-                ex["answers"] = [(a, s if context[s:s + len(a)] == a else locate(context, a, s)) for a, s in answers]
-                out.append(ex)
-    return out
-
-
-def locate(context, answer, start):
-    """Released files hold a few answer_start values that are off by some characters: the answer's
-    occurrence nearest to the given start, or -1 when the context does not contain it."""
-    found = [m.start() for m in re.finditer(re.escape(answer), context)] if answer else []
-    return min(found, key=lambda i: abs(i - start)) if found else -1
-
-
-def read_simclue_pairs(path):
-    """SimCLUE pairs (sentence1, sentence2, label 0/1) as (a, b, label, line)."""
-    out = []
-    for lineno, o in read_jsonl(path):
-        label = label_of(o, path, lineno)
-        if label not in ("0", "1"):
-            raise EvalError(f"{path}: line {lineno}: label {label!r} is not 0 or 1")
-        out.append((field(o, "sentence1", path, lineno), field(o, "sentence2", path, lineno), int(label), lineno))
-    return out
-
-
-def read_simclue_triples(path):
-    """SimCLUE's ranking file: (query, title = a paraphrase, neg_title = a hard negative)."""
-    return [tuple(field(o, k, path, lineno) for k in ("query", "title", "neg_title")) for lineno, o in read_jsonl(path)]
 
 
 # ------------------------------------------------------------------------------------------
@@ -253,90 +126,6 @@ def best_span(start_logits, end_logits, window, max_answer=30):
 # Its punctuation list is exactly this; everything else (ASCII brackets, '.', ',', spaces, '%', '—',
 # '…') is kept. The list's "……" is one two-character entry that no single character equals, so
 # '…' is never removed; we keep that behaviour.
-CMRC_PUNCT = set("-:_*^/\\~`+=，。：？！“”；’《》·、「」（）－～『』")
-
-
-def cmrc_em(prediction, answers):
-    """EM: some reference equals the prediction after lower-casing, stripping the ends and removing
-    the listed punctuation. Spaces inside are kept ("iphone 12" != "iphone12"), and stripping comes
-    before removal, so "北京 。" keeps its space and does not equal "北京"."""
-    def norm(s):
-        return "".join(ch for ch in s.lower().strip() if ch not in CMRC_PUNCT)
-    return float(any(norm(prediction) == norm(a) for a in answers))
-
-
-def cmrc_segments(text):
-    """The official segmentation: lower-case and strip; drop listed punctuation *without* ending a
-    run ("a-b" -> "ab", "3:30" -> "330"); each character in U+4E00..U+9FA5 is one token; every other
-    run of characters (ASCII, spaces, digits, other punctuation, rarer CJK) goes through NLTK's
-    word tokenizer, so "3.5" stays one token and "(1998)" becomes "(", "1998", ")"."""
-    out, run = [], ""
-    for ch in text.lower().strip():
-        if ch in CMRC_PUNCT:
-            continue
-        if "\u4e00" <= ch <= "\u9fa5":
-            out += treebank_words(run) + [ch]
-            run = ""
-        else:
-            run += ch
-    return out + treebank_words(run)
-
-
-# NLTK's word_tokenize is Punkt sentence splitting followed by the Penn Treebank word tokenizer. These
-# are the Treebank tokenizer's rules (applied in order, in Python 2's ASCII regex semantics, as the
-# official script ran), written out here so the metric needs no NLTK. Punkt's sentence split is not
-# reproduced: it only matters for a run holding ". " followed by another sentence, where the period
-# would become its own token. Answers' non-Chinese runs are names, numbers and dates, not sentences.
-_TREEBANK = [(re.compile(p, re.ASCII), r) for p, r in [
-    (r'^"', "``"), (r"(``)", r" \1 "), (r"([ (\[{<])(\"|'{2})", r"\1 `` "),  # opening quotes
-    (r"([:,])([^\d])", r" \1 \2"), (r"([:,])$", r" \1 "),  # , and : unless inside a number
-    (r"\.\.\.", " ... "), (r"[;@#$%&]", r" \g<0> "),
-    (r"([^\.])(\.)([\]\)}>\"']*)\s*$", r"\1 \2\3 "),  # a final period (not "3.5", not "U.S" inside)
-    (r"[?!]", r" \g<0> "), (r"([^'])' ", r"\1 ' "), (r"[\]\[(){}<>]", r" \g<0> "), (r"--", " -- ")]]
-_TREEBANK_END = [(re.compile(p, re.ASCII), r) for p, r in [
-    (r"''", " '' "), (r'"', " '' "),  # closing quotes
-    (r"([^' ])('[sS]|'[mM]|'[dD]|') ", r"\1 \2 "), (r"([^' ])('ll|'LL|'re|'RE|'ve|'VE|n't|N'T) ", r"\1 \2 ")]]
-_TREEBANK_END += [(re.compile(p, re.ASCII | re.IGNORECASE), r" \1 \2 ") for p in [  # cannot -> can not, ...
-    r"\b(can)(not)\b", r"\b(d)('ye)\b", r"\b(gim)(me)\b", r"\b(gon)(na)\b", r"\b(got)(ta)\b", r"\b(lem)(me)\b",
-    r"\b(more)('n)\b", r"\b(wan)(na)(?=\s)", r" ('t)(is)\b", r" ('t)(was)\b"]]
-
-
-def treebank_words(text):
-    if not text:
-        return []
-    for pattern, repl in _TREEBANK:
-        text = pattern.sub(repl, text)
-    text = " " + text + " "
-    for pattern, repl in _TREEBANK_END:
-        text = pattern.sub(repl, text)
-    return text.split()
-
-
-def longest_common_substring(a, b):
-    best, prev = 0, [0] * (len(b) + 1)
-    for x in a:
-        cur = [0] * (len(b) + 1)
-        for j, y in enumerate(b, 1):
-            if x == y:
-                cur[j] = prev[j - 1] + 1
-                best = max(best, cur[j])
-        prev = cur
-    return best
-
-
-def cmrc_f1(prediction, answers):
-    """F1 from the longest common *substring* of the two segmentations (not the bag-of-tokens
-    overlap of SQuAD), maximised over the references."""
-    p, best = cmrc_segments(prediction), 0.0
-    for ref in answers:
-        r = cmrc_segments(ref)
-        lcs = longest_common_substring(r, p)
-        if lcs:
-            prec, rec = lcs / len(p), lcs / len(r)
-            best = max(best, 2 * prec * rec / (prec + rec))
-    return best
-
-
 class CMBertForSpans(PreTrained):
     """Encoder + a linear layer giving start and end logits per token (CMRC2018)."""
     def __init__(self, cfg):
@@ -784,11 +573,6 @@ def check_tokenizer(tok, tok_path, args):
     if recorded and recorded != digest:
         raise EvalError(f"{tok_path}: sha256 {digest[:12]}… is not the tokenizer_sha256 {recorded[:12]}… that "
                         f"{args.model_dir}/config.json records")
-
-
-def sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def number(kind, low, high=None, low_open=False):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import ROOT, SENTENCES
 
+import clue_data
 import eval_clue
 from cmbert import CMBert, CMBertConfig
 
@@ -77,18 +78,18 @@ def model_dir(tmp_path_factory, tiny_data):
 
 
 def test_readers_for_every_task(clue_dir):
-    ex, dropped = eval_clue.read_classification("pair", str(clue_dir / "ocnli_public" / "train.50k.json"))
+    ex, dropped = clue_data.read_classification("pair", str(clue_dir / "ocnli_public" / "train.50k.json"))
     assert dropped == 6 and len(ex) == 18 and {e[2] for e in ex} == {"entailment", "neutral", "contradiction"}
-    ex, _ = eval_clue.read_classification("single", str(clue_dir / "iflytek_public" / "train.json"))
+    ex, _ = clue_data.read_classification("single", str(clue_dir / "iflytek_public" / "train.json"))
     assert ex[1][2] == "1" and ex[1][1] is None  # integer labels read as strings
-    ex, _ = eval_clue.read_classification("csl", str(clue_dir / "csl_public" / "train.json"))
+    ex, _ = clue_data.read_classification("csl", str(clue_dir / "csl_public" / "train.json"))
     assert ex[0][0] == S[0][:2] + "、" + S[1][:2] and ex[0][1] == S[0] * 3  # keywords joined, paired with the abstract
-    ex, _ = eval_clue.read_classification("wsc", str(clue_dir / "cluewsc2020_public" / "train.json"))
+    ex, _ = clue_data.read_classification("wsc", str(clue_dir / "cluewsc2020_public" / "train.json"))
     assert ex[0][0] == "小明把书给了[小红]，因为<她>想看。"
-    qa = eval_clue.read_cmrc(str(clue_dir / "cmrc2018_dev.json"))
+    qa = clue_data.read_cmrc(str(clue_dir / "cmrc2018_dev.json"))
     assert len(qa) == 2 and qa[0]["answers"] == [("北京", 6)]
     assert qa[1]["answers"] == [("故宫和长城", 21)], "an answer_start that is off by one is moved to the answer"
-    pairs = eval_clue.read_simclue_pairs(str(clue_dir / "simclue_public" / "dev.json"))
+    pairs = clue_data.read_simclue_pairs(str(clue_dir / "simclue_public" / "dev.json"))
     assert pairs[0] == (PARA[0][0], PARA[0][2], 1, 1) and sum(p[2] for p in pairs) == 8
     for task in eval_clue.TASKS:
         assert all(os.path.exists(p) for p in eval_clue.task_files(task, str(clue_dir), None).values())
@@ -104,10 +105,10 @@ def test_pair_encoding(model_dir):
 def test_wsc_marks_spans_in_either_order(tmp_path):
     row = {"text": "她说小红想看书。", "target": {"span1_text": "小红", "span1_index": 2, "span2_text": "她", "span2_index": 0},
            "label": "false", "idx": 0}
-    assert eval_clue.mark_wsc(row, "x", 1) == "<她>说[小红]想看书。"
+    assert clue_data.mark_wsc(row, "x", 1) == "<她>说[小红]想看书。"
     row["target"]["span1_index"] = 3
     with pytest.raises(eval_clue.EvalError, match="x: line 1: span1_text '小红' is not at span1_index 3"):
-        eval_clue.mark_wsc(row, "x", 1)
+        clue_data.mark_wsc(row, "x", 1)
 
 
 def test_batch_order_is_a_shuffled_partition_of_similar_lengths():
@@ -145,7 +146,7 @@ def test_cmrc_windows_map_answers_back_to_characters(model_dir):
 
 
 def test_official_cmrc_metric_where_a_naive_port_differs():
-    seg, em, f1 = eval_clue.cmrc_segments, eval_clue.cmrc_em, eval_clue.cmrc_f1
+    seg, em, f1 = clue_data.cmrc_segments, clue_data.cmrc_em, clue_data.cmrc_f1
     assert seg("Apple公司 2020年") == ["apple", "公", "司", "2020", "年"]
     assert seg("3.5亿") == ["3.5", "亿"]  # NLTK keeps a decimal number whole
     assert seg("(1998)") == ["(", "1998", ")"] and em("(1998)", ["1998"]) == 0.0  # ASCII brackets are not in the list
