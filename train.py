@@ -258,9 +258,9 @@ def stages(cfg):
 
 def stage_at(step, cfg):
     """(index, Stage) of the stage that trains at this step."""
-    starts = [round(s.start * cfg.max_steps) for s in stages(cfg)]
-    i = sum(step >= a for a in starts) - 1
-    return i, stages(cfg)[i]
+    plan = stages(cfg)
+    i = sum(step >= round(s.start * cfg.max_steps) for s in plan) - 1
+    return i, plan[i]
 
 
 def step_tokens(step, cfg, world):
