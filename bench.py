@@ -7,7 +7,7 @@ Benchmarks, each measured side by side with its reference in one run:
     python bench.py masking     # whole-word masking vs transformers' DataCollatorForLanguageModeling
                                 # (needs data/default from prepare.py)
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import json, os, subprocess, sys, tempfile, time
 
 import torch
 
@@ -15,8 +15,9 @@ import torch
 def bench_prepare(args):
     import jieba
     import prepare
-    files = prepare.default_corpus()
-    docs = list(prepare.normalized_documents(files, ["text"], "utf-8"))
+    files, readers = prepare.default_corpus()
+    pieces = list(prepare.normalized_documents(files, ["text"], "utf-8", readers=readers))
+    docs, n_docs = [p for p, _ in pieces], sum(last for _, last in pieces)
     n_chars = sum(map(len, docs))
     jieba.setLogLevel(60)
     jieba.initialize()  # load the dictionary outside the timed region
@@ -28,7 +29,7 @@ def bench_prepare(args):
         t = time.perf_counter()
         meta = prepare.main(["--out_dir", out, "--quiet", "--workers", str(args.workers)])
         t_prep = time.perf_counter() - t
-    print(f"default corpus: {len(docs):,} documents, {n_chars:,} characters, {os.cpu_count()} cores")
+    print(f"default corpus: {n_docs:,} documents, {n_chars:,} characters, {os.cpu_count()} cores")
     print(f"{'':34s} {'seconds':>8s} {'M chars/s':>10s}")
     print(f"{'jieba.lcut, one process':34s} {t_jieba:8.2f} {n_chars / t_jieba / 1e6:10.3f}")
     print(f"{'prepare.py (vocab + seg + encode)':34s} {t_prep:8.2f} {n_chars / t_prep / 1e6:10.3f}"
@@ -133,7 +134,7 @@ def gpu_runs():
 def bench_model_gpu(args, device="cuda", preset="base", shapes=((16, 1024), (2, 8192))):
     """base preset, bf16 autocast, full training step: cmbert (each backend, eager and compiled, full
     rows and packed documents) against transformers' ModernBERT, one process, same shapes."""
-    from cmbert import compile_seconds
+    from runtime import compile_seconds
     peak = matmul_flops(device)
     print(f"measured bf16 matmul rate (8192^3): {peak / 1e12:.0f} TFLOP/s (the MFU denominator)")
     print(f"{preset} preset, bf16 autocast, fused AdamW, 30% labelled, {args.steps} timed steps after 3 warm-up; "
@@ -349,6 +350,7 @@ def bench_masking(args):
     # share of a default (tiny) training step spent on data loading + masking
     from cmbert import CMBert, config_from_preset
     cfg = train.TrainConfig()
+    st = train.stages(cfg)[0]
     model = CMBert(config_from_preset("tiny", vocab_size=meta["vocab_size"]))
     opt = model.configure_optimizers(0.01, 1e-3, (0.9, 0.98))  # as train.py on a CPU
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -356,7 +358,7 @@ def bench_masking(args):
     t_data = t_step = 0.0
     for step in range(6):
         t0 = time.perf_counter()
-        inputs, labels, cu = train.train_batch(data, meta, cfg, step, 0, 0, 1, cfg.batch_size, cfg.seq_len)
+        inputs, labels, cu = train.train_batch(data, meta, cfg, step, 0, 0, 1, st.batch_size, st.seq_len)
         t1 = time.perf_counter()
         with autocast:
             _, loss = model(inputs, labels=labels, cu_seqlens=cu)
@@ -365,7 +367,7 @@ def bench_masking(args):
         opt.zero_grad(set_to_none=True)
         if step:  # the first step warms up
             t_data, t_step = t_data + t1 - t0, t_step + time.perf_counter() - t0
-    print(f"default training step ({cfg.batch_size} x {cfg.seq_len}, {'bf16' if native else 'fp32'}): "
+    print(f"default training step ({st.batch_size} x {st.seq_len}, {'bf16' if native else 'fp32'}): "
           f"{1e3 * t_step / 5:.0f} ms, of which data loading + masking {1e3 * t_data / 5:.1f} ms "
           f"({t_data / t_step:.1%})")
 
@@ -374,7 +376,8 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_peak":
         peak_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
         sys.exit()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from settings import ArgParser
+    p = ArgParser("bench.py", __doc__, epilog=__doc__.strip().split("\n\n", 1)[1])
     p.add_argument("what", choices=["prepare", "model", "finetune", "masking"])
     p.add_argument("--data_dir", default="data/default")
     p.add_argument("--workers", type=int, default=os.cpu_count())

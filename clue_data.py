@@ -1,14 +1,14 @@
 """
-CLUE's files and the official CMRC2018 metric: the parts of evaluation that are defined by the
-benchmark, not by us. eval_clue.py fine-tunes and scores; this module reads the official JSON-lines
-and SQuAD-style files (every row checked, a bad one named by file and line) and computes CMRC2018's
-EM and F1 exactly as its official evaluation script does.
+CLUE's files and metrics: the parts of evaluation that are defined by the benchmark, not by us.
+eval_clue.py fine-tunes and scores; this module reads the official JSON-lines and SQuAD-style files
+(every row checked, a bad one named by file and line), computes CMRC2018's EM and F1 exactly as its
+official evaluation script does, and the correlations SimCLUE is scored by.
 """
-import json, re
+import json, math, re
 
+import numpy as np
 
-class EvalError(Exception):
-    """Bad input: one line naming the file (and line) at fault."""
+from errors import Refused
 
 
 # ------------------------------------------------------------------------------------------
@@ -22,22 +22,22 @@ def read_jsonl(path):
                 line = raw.decode("utf-8")
                 obj = json.loads(line) if line.strip() else None
             except UnicodeDecodeError:
-                raise EvalError(f"{path}: line {lineno}: not UTF-8")
+                raise Refused(f"{path}: line {lineno}: not UTF-8")
             except json.JSONDecodeError as e:
-                raise EvalError(f"{path}: line {lineno}: invalid JSON ({e.msg})")
+                raise Refused(f"{path}: line {lineno}: invalid JSON ({e.msg})")
             if obj is None:
                 continue
             if not isinstance(obj, dict):
-                raise EvalError(f"{path}: line {lineno}: not a JSON object")
+                raise Refused(f"{path}: line {lineno}: not a JSON object")
             yield lineno, obj
 
 
 def field(obj, key, path, lineno, kind=str):
     if key not in obj:
-        raise EvalError(f"{path}: line {lineno}: no field {key!r}")
+        raise Refused(f"{path}: line {lineno}: no field {key!r}")
     value = obj[key]
     if kind is str and not isinstance(value, str) or kind is int and (not isinstance(value, int) or isinstance(value, bool)):
-        raise EvalError(f"{path}: line {lineno}: field {key!r} is {value!r}, not {'text' if kind is str else 'an integer'}")
+        raise Refused(f"{path}: line {lineno}: field {key!r} is {value!r}, not {'text' if kind is str else 'an integer'}")
     return value
 
 
@@ -45,7 +45,7 @@ def label_of(obj, path, lineno):
     """Labels appear both as strings and as integers in circulating copies: read both as strings."""
     label = field(obj, "label", path, lineno, kind=None)
     if isinstance(label, bool) or not isinstance(label, (str, int)):
-        raise EvalError(f"{path}: line {lineno}: label {label!r} is neither text nor an integer")
+        raise Refused(f"{path}: line {lineno}: label {label!r} is neither text nor an integer")
     return str(label)
 
 
@@ -64,7 +64,7 @@ def read_classification(kind, path):
         elif kind == "csl":  # the keywords, joined, paired with the abstract
             kw = field(o, "keyword", path, lineno, kind=None)
             if not isinstance(kw, list) or not all(isinstance(k, str) for k in kw):
-                raise EvalError(f"{path}: line {lineno}: field 'keyword' is {kw!r}, not a list of texts")
+                raise Refused(f"{path}: line {lineno}: field 'keyword' is {kw!r}, not a list of texts")
             a, b = "、".join(kw), field(o, "abst", path, lineno)
         else:  # wsc
             a, b = mark_wsc(o, path, lineno), None
@@ -77,12 +77,12 @@ def mark_wsc(o, path, lineno):
     given character offsets, so the classifier sees which two spans the question is about."""
     text, t = field(o, "text", path, lineno), field(o, "target", path, lineno, kind=None)
     if not isinstance(t, dict):
-        raise EvalError(f"{path}: line {lineno}: field 'target' is {t!r}, not an object")
+        raise Refused(f"{path}: line {lineno}: field 'target' is {t!r}, not an object")
     spans = []
     for k, (left, right) in (("1", ("[", "]")), ("2", ("<", ">"))):
         i, s = field(t, f"span{k}_index", path, lineno, kind=int), field(t, f"span{k}_text", path, lineno)
         if i < 0 or text[i:i + len(s)] != s:
-            raise EvalError(f"{path}: line {lineno}: span{k}_text {s!r} is not at span{k}_index {i}")
+            raise Refused(f"{path}: line {lineno}: span{k}_text {s!r} is not at span{k}_index {i}")
         spans.append((i, i + len(s), left, right))
     for i, j, left, right in sorted(spans, reverse=True):  # right to left keeps the offsets valid
         text = text[:i] + left + text[i:j] + right + text[j:]
@@ -96,11 +96,11 @@ def read_cmrc(path):
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except UnicodeDecodeError:
-        raise EvalError(f"{path}: not UTF-8")
+        raise Refused(f"{path}: not UTF-8")
     except json.JSONDecodeError as e:
-        raise EvalError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})")
+        raise Refused(f"{path}: invalid JSON at line {e.lineno} ({e.msg})")
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise EvalError(f"{path}: not a SQuAD-style CMRC2018 file (no 'data' list)")
+        raise Refused(f"{path}: not a SQuAD-style CMRC2018 file (no 'data' list)")
     out = []
     for i, doc in enumerate(data["data"]):
         for j, para in enumerate(doc.get("paragraphs", []) if isinstance(doc, dict) else [None]):
@@ -111,9 +111,9 @@ def read_cmrc(path):
                     answers = [(a["text"], int(a["answer_start"])) for a in qa["answers"]]
                     ex = dict(id=str(qa["id"]), context=context, question=qa["question"], answers=answers)
                 except (KeyError, TypeError, ValueError) as e:
-                    raise EvalError(f"{where}: missing or malformed field ({type(e).__name__}: {e})")
+                    raise Refused(f"{where}: missing or malformed field ({type(e).__name__}: {e})")
                 if not all(isinstance(s, str) for s in (context, ex["question"], *(a for a, _ in answers))):
-                    raise EvalError(f"{where}: context, question and answer texts must be strings")
+                    raise Refused(f"{where}: context, question and answer texts must be strings")
                 ex["answers"] = [(a, s if context[s:s + len(a)] == a else locate(context, a, s)) for a, s in answers]
                 out.append(ex)
     return out
@@ -132,7 +132,7 @@ def read_simclue_pairs(path):
     for lineno, o in read_jsonl(path):
         label = label_of(o, path, lineno)
         if label not in ("0", "1"):
-            raise EvalError(f"{path}: line {lineno}: label {label!r} is not 0 or 1")
+            raise Refused(f"{path}: line {lineno}: label {label!r} is not 0 or 1")
         out.append((field(o, "sentence1", path, lineno), field(o, "sentence2", path, lineno), int(label), lineno))
     return out
 
@@ -227,3 +227,25 @@ def cmrc_f1(prediction, answers):
             prec, rec = lcs / len(p), lcs / len(r)
             best = max(best, 2 * prec * rec / (prec + rec))
     return best
+
+
+# ------------------------------------------------------------------------------------------
+# Correlations (SimCLUE: cosine similarity against the 0/1 label)
+
+def pearson(x, y):
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    x, y = x - x.mean(), y - y.mean()
+    denom = math.sqrt(float((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denom) if denom > 0 else float("nan")
+
+
+def average_ranks(x):
+    """Ranks 1..n; tied values share the average of the ranks they span."""
+    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return ((ends - counts + 1 + ends) / 2)[inverse.reshape(-1)]
+
+
+def spearman(x, y):
+    """Pearson correlation of the average ranks (how scipy.stats.spearmanr treats ties)."""
+    return pearson(average_ranks(x), average_ranks(y))

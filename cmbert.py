@@ -1,23 +1,29 @@
 """
-Chinese ModernBERT: the encoder, its masked-LM and classification heads, in one file.
+Chinese ModernBERT: the encoder, its masked-LM, classification and span heads, in one file.
 
 The architecture is ModernBERT's (docs/method.md §6-7) with the choices of Chinese ModernBERT
-(Zhao et al., 2025): pre-norm blocks with RMSNorm (or ModernBERT's bias-free LayerNorm),
-no biases in linear layers, GeGLU, RoPE with its own theta for global and local layers, and
-local (sliding-window, 128 tokens) attention in all layers but every third one.
+(Zhao et al., 2025): pre-norm blocks with RMSNorm (or ModernBERT's bias-free LayerNorm), no biases
+in linear layers, GeGLU, RoPE with its own theta for global and local layers, and local
+(sliding-window, 128 tokens) attention in all layers but every third one.
 
 Two ways to feed a batch, which give the same outputs for the same documents:
   padded:  input_ids (B, T) + attention_mask (B, T), one document per row;
   packed:  documents laid end to end, boundaries in cu_seqlens (flash-attn's varlen convention):
            input_ids (N,), or (B, T) when every row boundary is also a document boundary.
 Attention never crosses a document and RoPE positions restart at each document.
+
+This file imports only torch: it travels alone (with hf_cmbert.py) inside RMSNorm exports, so
+saving and loading import their helpers (model_files.py) inside the methods that need them.
 """
-import contextlib, json, math, os, tempfile
-from dataclasses import asdict, dataclass, field, fields
+import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+NORMS = ("rmsnorm", "layernorm")
+ATTN_BACKENDS = ("auto", "torch", "flex", "flash")
 
 
 @dataclass
@@ -39,7 +45,7 @@ class CMBertConfig:
     mlp_dropout: float = 0.0
     classifier_dropout: float = 0.0
     classifier_pooling: str = "cls"    # "cls" or "mean" (sequence classification)
-    pad_id: int = 0
+    pad_id: int = 0                    # the special ids of tokens.py
     cls_id: int = 2
     sep_id: int = 3
     mask_id: int = 4
@@ -53,8 +59,8 @@ class CMBertConfig:
         assert (self.n_layer - 1) % self.global_every == 0, \
             f"n_layer={self.n_layer}: the last layer must be global ((n_layer - 1) % global_every == 0)"
         assert self.local_window % 2 == 0 and self.local_window > 0, "local_window must be even"
-        assert self.norm in ("rmsnorm", "layernorm"), f"norm={self.norm!r}: rmsnorm or layernorm"
-        assert self.attn_backend in ("auto", "flash", "flex", "torch"), f"attn_backend={self.attn_backend!r}"
+        assert self.norm in NORMS, f"norm={self.norm!r}: must be rmsnorm or layernorm"
+        assert self.attn_backend in ATTN_BACKENDS, f"attn_backend={self.attn_backend!r}: must be one of {ATTN_BACKENDS}"
         assert self.classifier_pooling in ("cls", "mean")
 
     def is_global(self, i):
@@ -76,27 +82,34 @@ def config_from_preset(name, **overrides):
 
 
 # ------------------------------------------------------------------------------------------
-# Attention: one entry point, three backends
-#
-#   torch  PyTorch's scaled_dot_product_attention (SDPA) with boolean masks, built once per forward
-#          and shared by all layers. Local layers over long rows go block-wise (local_attention), so
-#          nothing is T x T. The default: runs everywhere, measured on CPU and on an H100.
-#   flex   FlexAttention: the same rule (same document, and |i - j| <= window/2 in local layers)
-#          written as a mask function; a block mask, built once per forward, lists the 128 x 128
-#          tiles that hold any allowed pair, and the kernel computes only those tiles. No T x T mask
-#          for packed documents, no copied key blocks. Fast only under torch.compile (its eager
-#          fallback materialises all scores), so it is opt-in until measured on a GPU.
-#   flash  flash-attn's varlen kernel over the unpadded tokens (optional package, CUDA, fp16/bf16).
-#
-# Every backend computes exactly the reference rule, tested against a dense T x T implementation.
+# Position and normalisation
 
-def flash_attn_available():
-    try:
-        import flash_attn  # noqa: F401  (imported lazily: it only exists on CUDA machines)
-        return True
-    except ImportError:
-        return False
+def rope(x, cos, sin):
+    """GPT-NeoX (rotate-half) rotary embedding: dimension d is paired with d + D/2 and each pair
+    (x1, x2) turns by its angle: (x1 cos - x2 sin, x2 cos + x1 sin). cos/sin are half width (D/2),
+    computed in fp32 and cast once per forward; x holds q and k together, so this runs once."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
+
+class RMSNorm(nn.RMSNorm):
+    """x / rms(x) * weight, computed in fp32 whatever the input: under bf16 autocast a bf16 input
+    meets an fp32 weight, which torch's fused kernel refuses (it warns and takes a slow path)."""
+    def forward(self, x):
+        return super().forward(x.float()).to(x.dtype)
+
+
+def norm(cfg):
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=False)  # ModernBERT's: no bias
+
+
+# ------------------------------------------------------------------------------------------
+# The attention rule: query i sees key j iff both are in the same document and, in a local layer,
+# |i - j| <= window / 2. One entry point; the default backend ("torch") is PyTorch's SDPA with
+# boolean masks built once per forward and shared by all layers; the optional kernels (flex, flash)
+# at the end of the file compute the same rule, and tests check every backend against a dense one.
 
 @dataclass
 class Layout:
@@ -119,16 +132,10 @@ class Layout:
 
 def attention(q, k, v, layout, window, dropout_p):
     """Scaled dot-product attention within documents; window=None for global layers.
-    q, k, v: (B, T, H, D) for torch and flex, (N, H, D) for flash. Returns the same shape.
-    The rule every backend implements: query i sees key j iff both are in the same document and,
-    for a local layer, |i - j| <= window // 2 (a total window of 128 is 64 on each side)."""
+    q, k, v: (B, T, H, D) for torch and flex, (N, H, D) for flash. Returns the same shape."""
     half = window // 2 if window else None
     if layout.backend == "flash":
-        from flash_attn import flash_attn_varlen_func
-        # flash-attn's window is inclusive on both sides: (64, 64) lets i see |i - j| <= 64
-        w = (half, half) if half else (-1, -1)
-        return flash_attn_varlen_func(q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_seqlen,
-                                      layout.max_seqlen, dropout_p=dropout_p, causal=False, window_size=w)
+        return flash_backend(q, k, v, layout, half, dropout_p)
     T = q.shape[1]
     if half is not None and T - 1 <= half:  # short rows: every pair is inside the window
         half = None
@@ -167,17 +174,18 @@ def dense_mask(layout, half, T, device):
     return mask
 
 
-def local_attention(q, k, v, layout, h, dropout_p):
-    """Exact sliding-window attention (|i - j| <= h) in O(T * h) time and memory.
+def local_attention(q, k, v, layout, half, dropout_p):
+    """Exact sliding-window attention (|i - j| <= half) in O(T * half) time and memory.
 
-    Why it equals the band-mask definition: cut the sequence into blocks of h queries. Query i in
-    block b = i // h can only see keys j with |i - j| <= h, and all of those lie in blocks b - 1, b
-    and b + 1 (a key more than one block away is more than h positions away). So attending over
-    those 3h keys with the band mask |i - j| <= h (and the same-document mask) drops no allowed pair
-    and adds none: the softmax runs over exactly the keys the dense definition allows. HF
+    Why it equals the band-mask definition: cut the sequence into blocks of `half` queries. Query i
+    in block b = i // half can only see keys j with |i - j| <= half, and all of those lie in blocks
+    b - 1, b and b + 1 (a key more than one block away is more than `half` positions away). So
+    attending over those 3 * half keys with the band mask and the same-document mask drops no allowed
+    pair and adds none: the softmax runs over exactly the keys the dense definition allows. HF
     ModernBERT's T x T mask is what this avoids: at T = 8,192 that mask alone is 67M entries per
-    layer. (The 3h key blocks are copies; the flex backend computes the same without them.)"""
+    layer. (The key blocks are copies; the flex backend computes the same without them.)"""
     B, T, H, D = q.shape
+    h = half
     nb = -(-T // h)  # number of blocks
     pad = nb * h - T
     if "local" not in layout.masks:
@@ -199,67 +207,8 @@ def local_attention(q, k, v, layout, h, dropout_p):
     return y.view(B, nb, H, h, D).permute(0, 1, 3, 2, 4).reshape(B, nb * h, H, D)[:, :T]
 
 
-def flex_backend(q, k, v, layout, half, dropout_p):
-    """FlexAttention: the rule as a mask function of (row b, head, query i, key j); padding (-1)
-    matches padding, so no row is empty. Under torch.compile this is one fused kernel that skips
-    every 128 x 128 tile without an allowed pair (most of them, for packed short documents)."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    if dropout_p:
-        raise ValueError("attn_backend='flex' has no attention dropout: set attn_dropout=0 or use 'torch'")
-    key = "flex_global" if half is None else "flex_local"
-    if key not in layout.masks:
-        doc = layout.doc
-
-        def same_doc(b, h, i, j):
-            return doc[b, i] == doc[b, j]
-
-        def in_window(b, h, i, j):
-            return (doc[b, i] == doc[b, j]) & ((i - j).abs() <= half)
-        B, T = doc.shape
-        # outside torch.compile on CUDA, build the block mask with a compiled kernel rather than a
-        # dense (B, T, T) evaluation of the mask function (create_block_mask's `_compile` switch)
-        fast = doc.is_cuda and not torch.compiler.is_compiling()
-        layout.masks[key] = create_block_mask(same_doc if half is None else in_window, B, None, T, T,
-                                              device=doc.device, _compile=fast)
-    fn = flex_attention
-    if q.is_cuda and not torch.compiler.is_compiling():
-        fn = compiled_flex_attention()  # eager model on a GPU: still use the fused kernel
-    y = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=layout.masks[key])
-    return y.transpose(1, 2)
-
-
-_compiled_flex = None
-
-
-def compiled_flex_attention():
-    global _compiled_flex
-    if _compiled_flex is None:
-        from torch.nn.attention.flex_attention import flex_attention
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex
-
-
 # ------------------------------------------------------------------------------------------
-# The encoder. Module names follow Hugging Face's ModernBERT, so export is a plain state dict.
-
-def rope(x, cos, sin):
-    """GPT-NeoX (rotate-half) rotary embedding: dimension d is paired with d + D/2 and each pair
-    (x1, x2) turns by its angle: (x1 cos - x2 sin, x2 cos + x1 sin). cos/sin are half width (D/2),
-    computed in fp32 and cast once per forward; x holds q and k together, so this runs once."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-
-
-# nn.RMSNorm computes in fp32 internally for bf16/fp16 inputs and returns the input dtype; the
-# residual stream is fp32 under autocast anyway, so no explicit round trip is needed.
-RMSNorm = nn.RMSNorm
-
-
-def Norm(cfg):
-    if cfg.norm == "rmsnorm":
-        return RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
-    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=False)
-
+# The modules. Names follow Hugging Face's ModernBERT, so export is a plain state dict.
 
 class Attention(nn.Module):
     def __init__(self, cfg, i):
@@ -294,9 +243,9 @@ class Block(nn.Module):
     def __init__(self, cfg, i):
         super().__init__()
         # the embedding output is already normalised, so the first block skips its attention norm
-        self.attn_norm = nn.Identity() if i == 0 else Norm(cfg)
+        self.attn_norm = nn.Identity() if i == 0 else norm(cfg)
         self.attn = Attention(cfg, i)
-        self.mlp_norm = Norm(cfg)
+        self.mlp_norm = norm(cfg)
         self.mlp = MLP(cfg)
 
     def forward(self, x, layout, rotary):
@@ -308,7 +257,7 @@ class Embeddings(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # no position embedding: RoPE
-        self.norm = Norm(cfg)
+        self.norm = norm(cfg)
         self.drop = nn.Dropout(cfg.embd_dropout)
 
     def forward(self, ids):
@@ -321,7 +270,7 @@ class Encoder(nn.Module):
         self.cfg = cfg
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.final_norm = Norm(cfg)
+        self.final_norm = norm(cfg)
         if cfg.attn_backend == "flash" and not flash_attn_available():
             raise RuntimeError("attn_backend='flash' but the flash_attn package does not import")
 
@@ -335,9 +284,6 @@ class Encoder(nn.Module):
         if self.cfg.attn_backend == "flash" and not ok:
             raise RuntimeError("attn_backend='flash' needs CUDA tensors in fp16/bf16 (autocast or .to(dtype))")
         return "flash" if ok else "torch"
-
-    def use_flash(self, ids):
-        return self.backend(ids) == "flash"
 
     def layout(self, ids, attention_mask, cu_seqlens):
         """Document id and position of every token, from a padded or a packed batch. Built from
@@ -417,19 +363,19 @@ def check_cu_seqlens(cu, B, T):
         raise ValueError(f"cu_seqlens ends at {int(cu[-1])}, the batch has {B * T} tokens")
     if not edges_in:
         raise ValueError(f"packed (B, T) input: every multiple of T={T} must be in cu_seqlens")
-class Head(nn.Module):
-    """ModernBERT's prediction head: dense, GELU, norm (shared by the MLM and classification models)."""
-    def __init__(self, cfg):
-        super().__init__()
-        self.dense = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
-        self.norm = Norm(cfg)
 
-    def forward(self, x):
-        return self.norm(F.gelu(self.dense(x)))
+
+def mean_pool(h, mask=None):
+    """A sentence vector: the mean of the hidden states over each row's real tokens (not padding).
+    The pooling of cmbert's embeddings (use.py, the SimCLUE probe) and of the mean classifier."""
+    if mask is None:
+        return h.mean(-2)
+    m = mask.to(h.dtype)[..., None]
+    return (h * m).sum(-2) / m.sum(-2)
 
 
 # ------------------------------------------------------------------------------------------
-# Models: shared plumbing (init, counting, optimiser, saving), then the MLM and classifier
+# What every model shares: init, counting, the optimiser, FLOPs, saving and loading
 
 class PreTrained(nn.Module):
     def init_weights(self):
@@ -451,8 +397,8 @@ class PreTrained(nn.Module):
         return n if embeddings else n - self.model.embeddings.tok_embeddings.weight.numel()
 
     def configure_optimizers(self, weight_decay, lr, betas, fused=False):
-        """AdamW; no weight decay for norms, biases and the (tied) embedding. fused=True runs one
-        kernel for all parameters (CUDA, and CPU since torch 2.4, where the step is ~7x faster)."""
+        """AdamW; no weight decay for norms, biases and the (tied) embedding. fused=True steps all
+        parameters in one kernel (CUDA, and CPU since torch 2.4) instead of a loop over them."""
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             if p.requires_grad:
@@ -480,245 +426,33 @@ class PreTrained(nn.Module):
         return sd
 
     def save_pretrained(self, out_dir, extra_config=None):
-        """model.safetensors, then config.json (written last: a folder without it is incomplete),
-        with extra_config added to it (train.py records the tokenizer's sha256 there)."""
-        os.makedirs(out_dir, exist_ok=True)
-        save_weights(self, os.path.join(out_dir, "model.safetensors"))
-        write_json(os.path.join(out_dir, "config.json"), {**asdict(self.cfg), **(extra_config or {})})
+        """model.safetensors, then config.json (last: a folder without it is incomplete), with
+        extra_config added to it (train.py records the tokenizer's sha256 there)."""
+        from model_files import save_pretrained
+        save_pretrained(self, out_dir, extra_config)
 
     @classmethod
     def from_pretrained(cls, model_dir, **kwargs):
         """Load a folder written by save_pretrained or save_hf (either norm), or a transformers
-        ModernBERT folder; kwargs override config fields that do not shape the weights (e.g.
-        attn_backend, dropout) or go to the constructor (e.g. num_labels). A folder that cannot be
-        loaded exactly is refused with one line (ValueError / FileNotFoundError naming the file):
-        a config.json that is not a cmbert or ModernBERT config, an unreadable model.safetensors,
-        or tensors whose names or shapes differ from what config.json describes."""
-        names = {f.name for f in fields(CMBertConfig)}
-        cfg = load_config(model_dir, **{k: v for k, v in kwargs.items() if k in names})
-        model = cls(cfg, **{k: v for k, v in kwargs.items() if k not in names})
-        path = os.path.join(model_dir, "model.safetensors")
-        sd = load_weights(path)
-        own = {k: v for k, v in model.state_dict().items() if k != "decoder.weight"}  # tied: not stored
-        # The encoder must match exactly. Another model class's head is not this one's business: an
-        # MLM folder has a head and decoder a classifier or span model does not use; a fine-tuned
-        # classifier folder has a classifier an MLM ignores. A fresh classifier is what fine-tuning
-        # starts from, so it may be missing.
-        other = lambda k: k.split(".")[0] in ("head", "decoder", "classifier") and k not in own
-        unknown = [k for k in sd if k not in own and not other(k)]
-        missing = [k for k in own if k not in sd and not k.startswith("classifier.")]
-        wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-        more = lambda xs: f" (and {len(xs) - 1} more)" if len(xs) > 1 else ""
-        if unknown:
-            raise ValueError(f"{path}: tensor {unknown[0]!r}{more(unknown)} is not part of the model that "
-                             f"config.json describes; the weights do not match the config")
-        if missing:
-            raise ValueError(f"{path}: no tensor {missing[0]!r}{more(missing)}, which the model that config.json "
-                             f"describes needs; the weights do not match the config")
-        if wrong:
-            k = wrong[0]
-            raise ValueError(f"{path}: {k} has shape {tuple(sd[k].shape)}, config.json's model needs "
-                             f"{tuple(own[k].shape)}; the weights do not match the config")
-        model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
-        return model
+        ModernBERT folder, exactly, or refuse it in one line naming the file. kwargs override config
+        fields that do not shape the weights (attn_backend, dropout) or go to the constructor
+        (num_labels)."""
+        from model_files import load_pretrained
+        return load_pretrained(cls, CMBertConfig, model_dir, **kwargs)
 
 
-def save_weights(model, path):
-    """A model's clean state dict as safetensors, under a temporary name until it is complete."""
-    from safetensors.torch import save_file
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict_clean().items()}
-    with atomic_path(path) as tmp:
-        save_file(sd, tmp, metadata={"format": "pt"})  # "format": what transformers checks for
+# ------------------------------------------------------------------------------------------
+# The models: masked LM (pre-training), sequence classifier and span extractor (fine-tuning)
 
+class Head(nn.Module):
+    """ModernBERT's prediction head: dense, GELU, norm (shared by the MLM and classification models)."""
+    def __init__(self, cfg):
+        super().__init__()
+        self.dense = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.norm = norm(cfg)
 
-def load_weights(path):
-    """The tensors of a model.safetensors (compiled models' `_orig_mod.` prefixes removed)."""
-    from safetensors.torch import load_file
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file (not a folder written by save_pretrained or save_hf)")
-    try:
-        sd = load_file(path)
-    except Exception as e:  # safetensors raises its own error type for truncated or garbled files
-        raise ValueError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    return {k.replace("_orig_mod.", ""): v for k, v in sd.items()}
-
-
-def resolve_dtype(device, dtype="auto"):
-    """The autocast dtype: "auto" means bf16 where the hardware computes it natively (CUDA, and CPUs
-    with AMX/AVX512-BF16, where it is ~1.3x faster than fp32 here), else fp32."""
-    if dtype == "auto":
-        kind = torch.device(device).type
-        native = kind == "cuda" or (kind == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        return "bfloat16" if native else "float32"
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"dtype {dtype!r}: auto, float32 or bfloat16")
-    return dtype
-
-
-def device_peak_flops(device, dtype=torch.float32):
-    """Peak dense bf16 FLOP/s of known GPUs; on a CPU, the measured matmul rate in `dtype` (so CPU
-    'MFU' reads as a share of what this CPU's matmul achieves, not of a datasheet number)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        table = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12,
-                 "L40S": 362e12, "4090": 165e12, "A10": 125e12}
-        return next((v for k, v in table.items() if k in name), None)
-    if device.type == "cpu":
-        import time
-        a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
-        a @ b
-        t = time.perf_counter()
-        for _ in range(8):
-            a @ b
-        return 8 * 2 * 1024 ** 3 / (time.perf_counter() - t)
-    return None
-
-
-def compile_seconds():
-    """Seconds this process has spent in torch.compile so far (tracing and code generation of the
-    forward and backward graphs), read from dynamo's own timers."""
-    from torch._dynamo.utils import compilation_time_metrics as spent
-    return sum(sum(spent.get(k, ())) for k in ("_compile.compile_inner", "backward._backward_impl"))
-
-
-# Config fields that shape the weights or change what they compute: a saved folder fixes them.
-WEIGHT_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "intermediate_size", "norm")
-
-
-def load_config(model_dir, **overrides):
-    """The CMBertConfig of a model folder, from its config.json: cmbert's own (save_pretrained),
-    an export (save_hf: model_type "cmbert" for RMSNorm, "modernbert" for LayerNorm), or any
-    transformers ModernBERT config that this code computes exactly (read as norm="layernorm").
-    Overrides change the other fields (attn_backend, dropout, pooling); refuses anything else."""
-    path = os.path.join(model_dir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file (not a folder written by save_pretrained or save_hf)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(saved, dict):
-        raise ValueError(f"{path}: not a cmbert config (a JSON object is expected)")
-    names = {f.name for f in fields(CMBertConfig)}
-    kind = saved.get("model_type")
-    if kind == "modernbert":
-        values = config_from_modernbert(saved, path)
-    elif kind in ("cmbert", None):
-        unknown = sorted(set(saved) - names - {"tokenizer_sha256"})  # train.py records which tokenizer
-        if kind is None and unknown:  # cmbert's own config.json holds CMBertConfig's fields and nothing else
-            raise ValueError(f"{path}: not a cmbert config (unknown key {unknown[0]!r})")
-        values = {k: v for k, v in saved.items() if k in names}
-        absent = [k for k in WEIGHT_FIELDS if k not in values]
-        if absent:
-            raise ValueError(f"{path}: not a cmbert config (no {absent[0]!r})")
-    else:
-        raise ValueError(f"{path}: model_type {kind!r} is neither a cmbert nor a ModernBERT config")
-    for k in WEIGHT_FIELDS:
-        if k in overrides and overrides[k] != values[k]:
-            raise ValueError(f"{path}: says {k}={values[k]!r}; the weights cannot be loaded exactly as {k}={overrides[k]!r}")
-    try:
-        return CMBertConfig(**{**values, **overrides})
-    except (AssertionError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: invalid config ({e})") from None
-
-
-def config_from_modernbert(c, path):
-    """CMBertConfig fields from a transformers ModernBertConfig dict (v4 or v5 keys; missing keys
-    take transformers' defaults). With norm="layernorm" our model computes exactly what
-    ModernBertForMaskedLM computes, as long as the options below have ModernBERT's default values."""
-    exact = dict(norm_bias=False, attention_bias=False, mlp_bias=False, classifier_bias=False, decoder_bias=True,
-                 hidden_activation="gelu", classifier_activation="gelu", tie_word_embeddings=True)
-    for k, want in exact.items():
-        if c.get(k, want) != want:
-            raise ValueError(f"{path}: {k}={c[k]!r}; cmbert computes ModernBERT only with {k}={want!r}")
-    n_layer, every = c.get("num_hidden_layers", 22), c.get("global_attn_every_n_layers", 3)
-    types = c.get("layer_types") or ["full_attention" if i % every == 0 else "sliding_attention" for i in range(n_layer)]
-    if types != ["full_attention" if i % every == 0 else "sliding_attention" for i in range(n_layer)]:
-        raise ValueError(f"{path}: layer_types is not 'every {every}th layer global from layer 0', the only layout cmbert has")
-    rope = c.get("rope_parameters") or {}
-    theta = {}
-    for kind, old_key, default in [("full_attention", "global_rope_theta", 160000.0),
-                                   ("sliding_attention", "local_rope_theta", 10000.0)]:
-        p = rope.get(kind, {})
-        if p.get("rope_type", "default") != "default":
-            raise ValueError(f"{path}: rope_type {p['rope_type']!r} for {kind}; cmbert has plain RoPE only")
-        theta[kind] = float(p.get("rope_theta", c.get(old_key, default)))
-    d = CMBertConfig()
-    return dict(vocab_size=c.get("vocab_size", 50368), n_layer=n_layer, n_head=c.get("num_attention_heads", 12),
-                n_embd=c.get("hidden_size", 768), intermediate_size=c.get("intermediate_size", 1152),
-                local_window=c.get("local_attention", 128), global_every=every,
-                rope_theta_global=theta["full_attention"], rope_theta_local=theta["sliding_attention"],
-                norm="layernorm", norm_eps=c.get("norm_eps", 1e-5), max_seq_len=c.get("max_position_embeddings", 8192),
-                embd_dropout=c.get("embedding_dropout", 0.0), attn_dropout=c.get("attention_dropout", 0.0),
-                mlp_dropout=c.get("mlp_dropout", 0.0), classifier_dropout=c.get("classifier_dropout", 0.0),
-                classifier_pooling=c.get("classifier_pooling", "cls"),
-                pad_id=c.get("pad_token_id", d.pad_id), cls_id=c.get("cls_token_id", d.cls_id),
-                sep_id=c.get("sep_token_id", d.sep_id), mask_id=c.get("mask_token_id", d.mask_id))
-
-
-_UMASK = os.umask(0o22)  # read the process' umask (setting it is the only way), then restore it
-os.umask(_UMASK)
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a new temporary file next to `path` to write; when the block succeeds it replaces `path`
-    in one rename, so a reader sees the old file or the new one, never a part. The temporary name is
-    unpredictable and created exclusively (mkstemp), so a file or link someone placed there is never
-    followed or overwritten; on any error or interrupt the temporary file is removed."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the result gets the usual mode
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())  # the data is on disk before the name points at it
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
-
-def write_json(path, obj):
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-
-
-def copy_file(src, dst):
-    """Copy under a temporary name, then rename: a reader never sees half a file."""
-    import shutil
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-
-
-SPECIAL_TOKENS = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-
-
-def save_tokenizer(out_dir, tokenizer_file, cfg):
-    """tokenizer.json plus what transformers' AutoTokenizer needs besides it: the names of the special
-    tokens (padding, fill-mask), the longest input, and the inputs the model takes (no
-    token_type_ids: the model has no segment embedding)."""
-    from tokenizers import Tokenizer
-    try:
-        tok = Tokenizer.from_file(str(tokenizer_file))
-    except Exception as e:
-        raise ValueError(f"{tokenizer_file}: not a tokenizers tokenizer.json ({str(e).splitlines()[0]})") from None
-    for name, want in [("pad_token", cfg.pad_id), ("cls_token", cfg.cls_id), ("sep_token", cfg.sep_id), ("mask_token", cfg.mask_id)]:
-        got = tok.token_to_id(SPECIAL_TOKENS[name])
-        if got != want:
-            raise ValueError(f"{tokenizer_file}: {SPECIAL_TOKENS[name]} has id {got}, the model's config says {want}")
-    if tok.get_vocab_size() > cfg.vocab_size:
-        raise ValueError(f"{tokenizer_file}: {tok.get_vocab_size()} tokens, more than the model's vocab_size {cfg.vocab_size}")
-    copy_file(str(tokenizer_file), os.path.join(out_dir, "tokenizer.json"))
-    write_json(os.path.join(out_dir, "special_tokens_map.json"), SPECIAL_TOKENS)
-    write_json(os.path.join(out_dir, "tokenizer_config.json"), dict(
-        tokenizer_class="PreTrainedTokenizerFast", **SPECIAL_TOKENS, model_max_length=cfg.max_seq_len,
-        model_input_names=["input_ids", "attention_mask"], padding_side="right", truncation_side="right",
-        clean_up_tokenization_spaces=False))
+    def forward(self, x):
+        return self.norm(F.gelu(self.dense(x)))
 
 
 class CMBert(PreTrained):
@@ -731,6 +465,19 @@ class CMBert(PreTrained):
         self.decoder = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=True)
         self.init_weights()
         self.decoder.weight = self.model.embeddings.tok_embeddings.weight
+
+    @torch.no_grad()
+    def init_unigram_prior(self, counts):
+        """Start on the unigram plateau instead of spending the first steps climbing onto it: the
+        decoder bias becomes the log-frequency of every token in the training data (counts, add-0.1
+        smoothed; special tokens, never labels, get the smoothing only), so the first prediction is
+        the corpus' unigram distribution and the gradient goes straight to using context. Returns
+        those log-probabilities (float64): validation's no-context baseline."""
+        counts = torch.as_tensor(counts, dtype=torch.float64).clone()
+        counts[:self.cfg.mask_id + 1] = 0  # [PAD] [UNK] [CLS] [SEP] [MASK]
+        logp = torch.log((counts + 0.1) / (counts + 0.1).sum())
+        self.decoder.bias.copy_(logp)
+        return logp
 
     def forward(self, input_ids, attention_mask=None, labels=None, cu_seqlens=None, rope_theta_global=None):
         """Returns (logits, loss). Without labels: logits for every token, (*input_ids.shape, V),
@@ -746,44 +493,12 @@ class CMBert(PreTrained):
         return logits, loss
 
     def save_hf(self, out_dir, tokenizer_file=None):
-        """Write a folder that Hugging Face transformers loads (AutoModel, AutoModelForMaskedLM,
-        AutoModelForSequenceClassification), with the complete tokenizer when tokenizer_file is given.
-        norm="layernorm": transformers' own ModernBertForMaskedLM, the same architecture, no remote code.
-        norm="rmsnorm": ModernBERT has no RMSNorm, so the folder carries this file and hf_cmbert.py
-        (transformers' interfaces around the classes above) and loads with trust_remote_code=True."""
-        cfg = self.cfg
-        os.makedirs(out_dir, exist_ok=True)
-        ids = dict(pad_token_id=cfg.pad_id, cls_token_id=cfg.cls_id, sep_token_id=cfg.sep_id, bos_token_id=cfg.cls_id,
-                   eos_token_id=cfg.sep_id, mask_token_id=cfg.mask_id)
-        if cfg.norm == "layernorm":
-            layer_types = ["full_attention" if cfg.is_global(i) else "sliding_attention" for i in range(cfg.n_layer)]
-            config = dict(
-                architectures=["ModernBertForMaskedLM"], model_type="modernbert", vocab_size=cfg.vocab_size,
-                hidden_size=cfg.n_embd, intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.n_layer,
-                num_attention_heads=cfg.n_head, hidden_activation="gelu", max_position_embeddings=cfg.max_seq_len,
-                norm_eps=cfg.norm_eps, norm_bias=False, attention_bias=False, mlp_bias=False, decoder_bias=True,
-                classifier_activation="gelu", classifier_bias=False, classifier_pooling=cfg.classifier_pooling,
-                classifier_dropout=cfg.classifier_dropout, embedding_dropout=cfg.embd_dropout,
-                attention_dropout=cfg.attn_dropout, mlp_dropout=cfg.mlp_dropout, tie_word_embeddings=True,
-                local_attention=cfg.local_window, layer_types=layer_types, global_attn_every_n_layers=cfg.global_every,
-                rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta_global},
-                                 "sliding_attention": {"rope_type": "default", "rope_theta": cfg.rope_theta_local}},
-                global_rope_theta=cfg.rope_theta_global, local_rope_theta=cfg.rope_theta_local,  # transformers 4.x
-                **ids)
-        else:
-            here = os.path.dirname(os.path.abspath(__file__))
-            for name in ("cmbert.py", "hf_cmbert.py"):
-                copy_file(os.path.join(here, name), os.path.join(out_dir, name))
-            config = dict(
-                architectures=["HFCMBertForMaskedLM"], model_type="cmbert",
-                auto_map={"AutoConfig": "hf_cmbert.HFCMBertConfig", "AutoModel": "hf_cmbert.HFCMBertModel",
-                          "AutoModelForMaskedLM": "hf_cmbert.HFCMBertForMaskedLM",
-                          "AutoModelForSequenceClassification": "hf_cmbert.HFCMBertForSequenceClassification"},
-                **{**asdict(cfg), "attn_backend": "auto"}, tie_word_embeddings=True, **ids)
-        if tokenizer_file:
-            save_tokenizer(out_dir, tokenizer_file, cfg)
-        save_weights(self, os.path.join(out_dir, "model.safetensors"))
-        write_json(os.path.join(out_dir, "config.json"), config)  # last: the folder is complete
+        """A folder that Hugging Face transformers loads (AutoModel, AutoModelForMaskedLM,
+        AutoModelForSequenceClassification), with the complete tokenizer when tokenizer_file is given:
+        transformers' own ModernBERT for norm="layernorm"; for the paper's RMSNorm, this file and
+        hf_cmbert.py travel with it (trust_remote_code=True)."""
+        from model_files import save_hf
+        save_hf(self, out_dir, tokenizer_file)
 
 
 class CMBertForSequenceClassification(PreTrained):
@@ -799,11 +514,89 @@ class CMBertForSequenceClassification(PreTrained):
 
     def forward(self, input_ids, attention_mask=None, labels=None):
         h = self.model(input_ids, attention_mask)
-        if self.cfg.classifier_pooling == "cls":
-            pooled = h[:, 0]
-        else:
-            m = torch.ones_like(input_ids, dtype=h.dtype) if attention_mask is None else attention_mask.to(h.dtype)
-            pooled = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+        pooled = h[:, 0] if self.cfg.classifier_pooling == "cls" else mean_pool(h, attention_mask)
         logits = self.classifier(self.drop(self.head(pooled)))
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return logits, loss
+
+
+class CMBertForSpans(PreTrained):
+    """Encoder + a linear layer giving start and end logits per token (extractive QA: CMRC2018)."""
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Encoder(cfg)
+        self.classifier = nn.Linear(cfg.n_embd, 2)
+        self.init_weights()
+
+    def forward(self, input_ids, attention_mask=None):
+        start, end = self.classifier(self.model(input_ids, attention_mask)).float().unbind(-1)
+        if attention_mask is None:
+            return start, end
+        pad = ~attention_mask.bool()
+        return start.masked_fill(pad, -1e4), end.masked_fill(pad, -1e4)
+
+
+# ------------------------------------------------------------------------------------------
+# Optional attention kernels: the same rule, computed by other code
+#
+#   flex   FlexAttention: the rule as a mask function; a block mask, built once per forward, lists
+#          the 128 x 128 tiles that hold any allowed pair, and the kernel computes only those tiles.
+#          No T x T mask for packed documents, no copied key blocks. It is fast only under
+#          torch.compile (its eager fallback materialises all scores), so "auto" never picks it.
+#   flash  flash-attn's varlen kernel over the unpadded tokens (optional package, CUDA, fp16/bf16).
+
+def flash_attn_available():
+    try:
+        import flash_attn  # noqa: F401  (imported lazily: it only exists on CUDA machines)
+        return True
+    except ImportError:
+        return False
+
+
+def flash_backend(q, k, v, layout, half, dropout_p):
+    from flash_attn import flash_attn_varlen_func
+    # flash-attn's window is inclusive on both sides: (64, 64) lets i see |i - j| <= 64
+    w = (half, half) if half else (-1, -1)
+    return flash_attn_varlen_func(q, k, v, layout.cu_seqlens, layout.cu_seqlens, layout.max_seqlen,
+                                  layout.max_seqlen, dropout_p=dropout_p, causal=False, window_size=w)
+
+
+def flex_backend(q, k, v, layout, half, dropout_p):
+    """The rule as a mask function of (row b, head, query i, key j); padding (-1) matches padding,
+    so no row is empty. Under torch.compile this is one fused kernel that skips every 128 x 128
+    tile without an allowed pair (most of them, for packed short documents)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    if dropout_p:
+        raise ValueError("attn_backend='flex' has no attention dropout: set attn_dropout=0 or use 'torch'")
+    key = "flex_global" if half is None else "flex_local"
+    if key not in layout.masks:
+        doc = layout.doc
+
+        def same_doc(b, h, i, j):
+            return doc[b, i] == doc[b, j]
+
+        def in_window(b, h, i, j):
+            return (doc[b, i] == doc[b, j]) & ((i - j).abs() <= half)
+        B, T = doc.shape
+        # outside torch.compile on CUDA, build the block mask with a compiled kernel rather than a
+        # dense (B, T, T) evaluation of the mask function (create_block_mask's `_compile` switch)
+        fast = doc.is_cuda and not torch.compiler.is_compiling()
+        layout.masks[key] = create_block_mask(same_doc if half is None else in_window, B, None, T, T,
+                                              device=doc.device, _compile=fast)
+    fn = flex_attention
+    if q.is_cuda and not torch.compiler.is_compiling():
+        fn = compiled_flex_attention()  # eager model on a GPU: still use the fused kernel
+    y = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=layout.masks[key])
+    return y.transpose(1, 2)
+
+
+_compiled_flex = None
+
+
+def compiled_flex_attention():
+    global _compiled_flex
+    if _compiled_flex is None:
+        from torch.nn.attention.flex_attention import flex_attention
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex

@@ -14,20 +14,27 @@ sentence embeddings and the 0/1 label, next to the same score before fine-tuning
 with --seeds seeds (mean +- std and per-seed scores). Results go to <model_dir>/results_clue.json
 (or --out), rewritten after each task, and a markdown table on stdout.
 """
-import argparse, json, math, os, random, shutil, sys, tempfile, time
+import json, math, os, random, time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from prepare import sha256
-from clue_data import (EvalError, cmrc_em, cmrc_f1, read_classification, read_cmrc, read_simclue_pairs,
-                       read_simclue_triples)
-from cmbert import CMBert, CMBertForSequenceClassification, Encoder, PreTrained, load_config, resolve_dtype, write_json
+import runtime, settings
+from clue_data import (cmrc_em, cmrc_f1, pearson, read_classification, read_cmrc, read_simclue_pairs,
+                       read_simclue_triples, spearman)
+from clue_results import aggregate, markdown_table, save_model
+from cmbert import CMBert, CMBertConfig, CMBertForSequenceClassification, CMBertForSpans, mean_pool
+from errors import Refused, script
+from files import sha256, write_json
+from model_files import read_config
+from tokens import CLS_ID, SEP_ID, check_fits, check_recorded, load_tokenizer, model_ids
 
-# Per-task defaults from the CLUE baselines: files, input kind, epochs, lr, batch, length, seeds.
+EvalError = Refused  # the name this module's callers know
+
+# Per-task defaults from the CLUE baselines: files, task kind, epochs, lr, batch, length, seeds.
 # The two tasks whose scores move most between runs (CLUEWSC2020: 304 dev rows; CSL: a small,
 # noisy task in CLUE's own reports) run three seeds unless --seeds says otherwise.
 TASKS = {
@@ -43,15 +50,18 @@ TASKS = {
     "cmrc2018": dict(folder="cmrc2018_public", kind="span", epochs=2, lr=3e-5, batch=32, max_len=512,
                      alt=[(".", "cmrc2018_train.json", "cmrc2018_dev.json")]),
     # the retrieval probe: contrastive fine-tuning of mean-pooled sentence embeddings (SimCSE-style)
-    "simclue": dict(folder="simclue_public", kind="simclue", epochs=1, lr=3e-5, batch=64, max_len=64),
+    "simclue": dict(folder="simclue_public", kind="retrieval", epochs=1, lr=3e-5, batch=64, max_len=64),
 }
-SMALL_DEV = 1000  # a dev set smaller than this, scored with one seed, gets a warning under the table
 
 
+def task_settings(task, args):
+    """The task's CLUE setting unless the command line sets it (None = not given)."""
+    spec = TASKS[task]
+    pick = lambda given, default: default if given is None else given  # noqa: E731
+    return dict(epochs=pick(args.epochs, spec["epochs"]), lr=pick(args.lr, spec["lr"]),
+                batch=pick(args.batch_size, spec["batch"]), max_len=pick(args.max_len, spec["max_len"]),
+                seeds=pick(args.seeds, spec.get("seeds", 1)))
 
-
-# ------------------------------------------------------------------------------------------
-# Reading and validating the official files (all of them, before any training)
 
 def task_paths(task, data_dir, override=None):
     """The task's train/dev files in the first layout whose files exist (else the first layout,
@@ -69,122 +79,26 @@ def task_files(task, data_dir, override):
     paths = task_paths(task, data_dir, override)
     missing = [p for p in paths.values() if not os.path.isfile(p)]
     if missing:
-        raise EvalError(f"{task}: missing {' and '.join(missing)}")
+        raise Refused(f"{task}: missing {' and '.join(missing)}")
     return paths
 
 
-# ------------------------------------------------------------------------------------------
-# CMRC2018: windows over long contexts, answers mapped between characters and tokens
-
-def cmrc_windows(tok, ex, max_len, stride, max_question=64):
-    """Cut one example into [CLS] question [SEP] context-window [SEP] windows. Each window keeps
-    the character offsets of its context tokens; for training, the answer's first token position
-    (start, end) or (0, 0) at [CLS] when the answer is not inside the window."""
-    q = tok.encode(ex["question"], add_special_tokens=False).ids[:min(max_question, max_len // 4)]
-    ctx = tok.encode(ex["context"], add_special_tokens=False)
-    room = max_len - len(q) - 3
-    a_text, a_start = next(((a, s) for a, s in ex["answers"] if s >= 0), ("", -1))
-    a_end = a_start + len(a_text)
-    windows = []
-    for w0 in range(0, max(1, len(ctx.ids)), stride):
-        ids = ctx.ids[w0:w0 + room]
-        offsets = ctx.offsets[w0:w0 + room]
-        first = len(q) + 2  # position of the first context token in the window
-        start = end = 0
-        if a_start >= 0:
-            inside = [k for k, (s, e) in enumerate(offsets) if s < a_end and e > a_start]
-            if inside and offsets[inside[0]][0] <= a_start and offsets[inside[-1]][1] >= a_end:
-                start, end = first + inside[0], first + inside[-1]
-        windows.append(dict(ids=[2] + q + [3] + ids + [3], first=first, offsets=offsets, start=start, end=end))
-        if w0 + room >= len(ctx.ids):
-            break
-    return windows
+def subsample(rows, args):
+    """--max_train_samples: one random subset (fixed by --seed), shared by all seeds of a task, so
+    that the seeds measure training noise only."""
+    if args.max_train_samples and args.max_train_samples < len(rows):
+        return random.Random(args.seed).sample(rows, args.max_train_samples)
+    return rows
 
 
-def on_token_edges(tok, ex):
-    """Whether some reference answer starts and ends on token edges of the context: if none does,
-    no predicted token span can match it exactly, which caps EM below 100."""
-    offsets = tok.encode(ex["context"], add_special_tokens=False).offsets
-    starts, ends = {s for s, _ in offsets}, {e for _, e in offsets}
-    return any(s in starts and s + len(a) in ends for a, s in ex["answers"])
-
-
-def best_span(start_logits, end_logits, window, max_answer=30):
-    """Best (score, char_start, char_end) inside the window's context, start <= end."""
-    n = len(window["offsets"])
-    s = start_logits[window["first"]:window["first"] + n]
-    e = end_logits[window["first"]:window["first"] + n]
-    score = s[:, None] + e[None, :]
-    allowed = torch.triu(torch.ones(n, n, dtype=torch.bool)) & ~torch.triu(torch.ones(n, n, dtype=torch.bool), max_answer)
-    score = score.masked_fill(~allowed, float("-inf"))
-    k = int(score.argmax())
-    i, j = divmod(k, n)
-    return float(score.view(-1)[k]), window["offsets"][i][0], window["offsets"][j][1]
-
-
-# The official CMRC2018 metric (the evaluation script of the CMRC2018 release), reproduced rule by rule.
-# Its punctuation list is exactly this; everything else (ASCII brackets, '.', ',', spaces, '%', '—',
-# '…') is kept. The list's "……" is one two-character entry that no single character equals, so
-# '…' is never removed; we keep that behaviour.
-class CMBertForSpans(PreTrained):
-    """Encoder + a linear layer giving start and end logits per token (CMRC2018)."""
-    def __init__(self, cfg):
-        super().__init__()
-        self.cfg = cfg
-        self.model = Encoder(cfg)
-        self.classifier = nn.Linear(cfg.n_embd, 2)
-        self.init_weights()
-
-    def forward(self, input_ids, attention_mask=None):
-        start, end = self.classifier(self.model(input_ids, attention_mask)).float().unbind(-1)
-        if attention_mask is None:
-            return start, end
-        pad = ~attention_mask.bool()
-        return start.masked_fill(pad, -1e4), end.masked_fill(pad, -1e4)
+def nonempty(rows, path, what="rows"):
+    if not rows:
+        raise Refused(f"{path}: no {what}")
+    return rows
 
 
 # ------------------------------------------------------------------------------------------
-# SimCLUE: sentence embeddings, InfoNCE, correlations
-
-def embed(encoder, ids, mask):
-    """Mean of the final hidden states over the real tokens: the sentence embedding (fp32)."""
-    h = encoder(ids, mask).float()
-    if mask is None:
-        return h.mean(1)
-    m = mask.float()[..., None]
-    return (h * m).sum(1) / m.sum(1)
-
-
-def info_nce(anchor, positive, negative=None, temperature=0.05):
-    """Anchor i must pick positive i among every positive of the batch (the in-batch negatives) and
-    every hard negative, by cosine similarity / temperature. A low temperature (0.05, SimCSE's
-    choice) sharpens the softmax so that near-misses still cost."""
-    cand = positive if negative is None else torch.cat([positive, negative])
-    logits = F.normalize(anchor, dim=-1) @ F.normalize(cand, dim=-1).T / temperature
-    return F.cross_entropy(logits, torch.arange(len(anchor), device=anchor.device))
-
-
-def pearson(x, y):
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    x, y = x - x.mean(), y - y.mean()
-    denom = math.sqrt(float((x * x).sum() * (y * y).sum()))
-    return float((x * y).sum() / denom) if denom > 0 else float("nan")
-
-
-def average_ranks(x):
-    """Ranks 1..n; tied values share the average of the ranks they span."""
-    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    return ((ends - counts + 1 + ends) / 2)[inverse.reshape(-1)]
-
-
-def spearman(x, y):
-    """Pearson correlation of the average ranks (how scipy.stats.spearmanr treats ties)."""
-    return pearson(average_ranks(x), average_ranks(y))
-
-
-# ------------------------------------------------------------------------------------------
-# Fine-tuning
+# Fine-tuning: one loop for every task kind
 
 class Padded:
     """Token id sequences stored once as one padded array, so building a batch is a slice, not a
@@ -235,7 +149,6 @@ def fine_tune(model, batches, n_train, evaluate, hp, args, desc, score_before=Fa
     first when score_before). The running loss is read back every 50 steps, not every step."""
     steps = hp["epochs"] * math.ceil(n_train / hp["batch"])
     warm = max(1, int(0.1 * steps))
-    # fused: one kernel for all parameters; on a CPU it cuts a batch-8 fine-tuning step by ~80 ms
     opt = model.configure_optimizers(0.01, hp["lr"], (0.9, 0.98), fused=args.device.split(":")[0] in ("cuda", "cpu"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, (steps - s) / max(1, steps - warm)))
     scores, losses, step = [], [], 0
@@ -256,7 +169,7 @@ def fine_tune(model, batches, n_train, evaluate, hp, args, desc, score_before=Fa
                 bar.set_postfix(loss=f"{total.item() / n:.3f}")
         losses.append(total.item() / max(n, 1))
         if not math.isfinite(losses[-1]):
-            raise EvalError(f"{desc}: the training loss is {losses[-1]} in epoch {epoch + 1} (try a lower --lr)")
+            raise Refused(f"{desc}: the training loss is {losses[-1]} in epoch {epoch + 1} (try a lower --lr)")
         model.eval()
         with torch.no_grad():
             scores.append(evaluate())
@@ -265,22 +178,8 @@ def fine_tune(model, batches, n_train, evaluate, hp, args, desc, score_before=Fa
     return scores, losses
 
 
-def settings(task, args):
-    """The task's CLUE setting unless the command line sets it (None = not given)."""
-    spec = TASKS[task]
-    pick = lambda given, default: default if given is None else given  # noqa: E731
-    return dict(epochs=pick(args.epochs, spec["epochs"]), lr=pick(args.lr, spec["lr"]),
-                batch=pick(args.batch_size, spec["batch"]), max_len=pick(args.max_len, spec["max_len"]),
-                seeds=pick(args.seeds, spec.get("seeds", 1)))
-
-
-def subsample(rows, args):
-    """--max_train_samples: one random subset (fixed by --seed), shared by all seeds of a task, so
-    that the seeds measure training noise only."""
-    if args.max_train_samples and args.max_train_samples < len(rows):
-        return random.Random(args.seed).sample(rows, args.max_train_samples)
-    return rows
-
+# ------------------------------------------------------------------------------------------
+# Classification (single sentences, pairs, CSL keywords, WSC spans): a label per row
 
 def label_order(labels):
     """Numeric labels in numeric order ("100" < "116"), then the others alphabetically."""
@@ -288,23 +187,17 @@ def label_order(labels):
     return sorted(labels, key=lambda s: (not numeric(s), int(s) if numeric(s) else 0, s))
 
 
-def nonempty(rows, path, what="rows"):
-    if not rows:
-        raise EvalError(f"{path}: no {what}")
-    return rows
-
-
 def load_classification(task, paths, tok, args):
-    spec, hp = TASKS[task], settings(task, args)
-    train, dropped_tr = read_classification(spec["kind"], paths["train"])
-    dev, dropped_dev = read_classification(spec["kind"], paths["dev"])
+    hp, kind = task_settings(task, args), TASKS[task]["kind"]
+    train, dropped_tr = read_classification(kind, paths["train"])
+    dev, dropped_dev = read_classification(kind, paths["dev"])
     nonempty(train, paths["train"], "labelled rows")
     nonempty(dev, paths["dev"], "labelled rows")
     labels = label_order({ex[2] for ex in train})  # the whole file: a subsample may miss a rare label
     index = {label: i for i, label in enumerate(labels)}
     for a, b, label, lineno in dev:
         if label not in index:
-            raise EvalError(f"{paths['dev']}: line {lineno}: label {label!r} does not occur in {paths['train']}")
+            raise Refused(f"{paths['dev']}: line {lineno}: label {label!r} does not occur in {paths['train']}")
     train = subsample(train, args)
     tok.enable_truncation(hp["max_len"], strategy="longest_first")
 
@@ -341,15 +234,65 @@ def run_classification(task, data, model, hp, seed, args):
     return fine_tune(model, batches, len(train_x), evaluate, hp, args, task)
 
 
-def load_cmrc(task, paths, tok, args):
-    hp = settings("cmrc2018", args)
+# ------------------------------------------------------------------------------------------
+# Span extraction (CMRC2018): windows over long contexts, answers mapped between characters and tokens
+
+def cmrc_windows(tok, ex, max_len, stride, max_question=64):
+    """Cut one example into [CLS] question [SEP] context-window [SEP] windows. Each window keeps
+    the character offsets of its context tokens; for training, the answer's first token position
+    (start, end) or (0, 0) at [CLS] when the answer is not inside the window."""
+    q = tok.encode(ex["question"], add_special_tokens=False).ids[:min(max_question, max_len // 4)]
+    ctx = tok.encode(ex["context"], add_special_tokens=False)
+    room = max_len - len(q) - 3
+    a_text, a_start = next(((a, s) for a, s in ex["answers"] if s >= 0), ("", -1))
+    a_end = a_start + len(a_text)
+    windows = []
+    for w0 in range(0, max(1, len(ctx.ids)), stride):
+        ids = ctx.ids[w0:w0 + room]
+        offsets = ctx.offsets[w0:w0 + room]
+        first = len(q) + 2  # position of the first context token in the window
+        start = end = 0
+        if a_start >= 0:
+            inside = [k for k, (s, e) in enumerate(offsets) if s < a_end and e > a_start]
+            if inside and offsets[inside[0]][0] <= a_start and offsets[inside[-1]][1] >= a_end:
+                start, end = first + inside[0], first + inside[-1]
+        windows.append(dict(ids=[CLS_ID] + q + [SEP_ID] + ids + [SEP_ID], first=first, offsets=offsets,
+                            start=start, end=end))
+        if w0 + room >= len(ctx.ids):
+            break
+    return windows
+
+
+def on_token_edges(tok, ex):
+    """Whether some reference answer starts and ends on token edges of the context: if none does,
+    no predicted token span can match it exactly, which caps EM below 100."""
+    offsets = tok.encode(ex["context"], add_special_tokens=False).offsets
+    starts, ends = {s for s, _ in offsets}, {e for _, e in offsets}
+    return any(s in starts and s + len(a) in ends for a, s in ex["answers"])
+
+
+def best_span(start_logits, end_logits, window, max_answer=30):
+    """Best (score, char_start, char_end) inside the window's context, start <= end."""
+    n = len(window["offsets"])
+    s = start_logits[window["first"]:window["first"] + n]
+    e = end_logits[window["first"]:window["first"] + n]
+    score = s[:, None] + e[None, :]
+    allowed = torch.triu(torch.ones(n, n, dtype=torch.bool)) & ~torch.triu(torch.ones(n, n, dtype=torch.bool), max_answer)
+    score = score.masked_fill(~allowed, float("-inf"))
+    k = int(score.argmax())
+    i, j = divmod(k, n)
+    return float(score.view(-1)[k]), window["offsets"][i][0], window["offsets"][j][1]
+
+
+def load_spans(task, paths, tok, args):
+    hp = task_settings(task, args)
     train = nonempty(read_cmrc(paths["train"]), paths["train"], "questions")
     lost = [ex for ex in train if not any(s >= 0 for _, s in ex["answers"])]  # no answer found in the context
     train = subsample([ex for ex in train if ex not in lost], args)
     dev = nonempty(read_cmrc(paths["dev"]), paths["dev"], "questions")
     unanswered = [ex["id"] for ex in dev if not ex["answers"]]
     if unanswered:
-        raise EvalError(f"{paths['dev']}: question {unanswered[0]} has no reference answer")
+        raise Refused(f"{paths['dev']}: question {unanswered[0]} has no reference answer")
     tok.no_truncation()
     train_w = [w for ex in train for w in cmrc_windows(tok, ex, hp["max_len"], args.doc_stride)]
     dev_w = [cmrc_windows(tok, ex, hp["max_len"], args.doc_stride) for ex in dev]
@@ -361,7 +304,7 @@ def load_cmrc(task, paths, tok, args):
                       f"answer on token edges (EM cannot reach them)")
 
 
-def run_cmrc(task, data, model, hp, seed, args):
+def run_spans(task, data, model, hp, seed, args):
     train_w, train_x, dev, dev_w = data["train_w"], data["train_x"], data["dev"], data["dev_w"]
     targets = torch.tensor([[w["start"], w["end"]] for w in train_w])
     flat = [(q, w) for q, ws in enumerate(dev_w) for w in ws]  # every window of every question, batched
@@ -392,15 +335,32 @@ def run_cmrc(task, data, model, hp, seed, args):
     return fine_tune(model, batches, len(train_x), evaluate, hp, args, task)
 
 
-def load_simclue(task, paths, tok, args):
+# ------------------------------------------------------------------------------------------
+# Retrieval (SimCLUE, the paper's probe): sentence embeddings, InfoNCE, correlations
+
+def embed(encoder, ids, mask):
+    """The sentence embedding: mean-pooled final hidden states over the real tokens (fp32)."""
+    return mean_pool(encoder(ids, mask).float(), mask)
+
+
+def info_nce(anchor, positive, negative=None, temperature=0.05):
+    """Anchor i must pick positive i among every positive of the batch (the in-batch negatives) and
+    every hard negative, by cosine similarity / temperature. A low temperature (0.05, SimCSE's
+    choice) sharpens the softmax so that near-misses still cost."""
+    cand = positive if negative is None else torch.cat([positive, negative])
+    logits = F.normalize(anchor, dim=-1) @ F.normalize(cand, dim=-1).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(anchor), device=anchor.device))
+
+
+def load_retrieval(task, paths, tok, args):
     """Training rows (anchor, positive, hard negative or None): the label-1 pairs of train.json
     and, when train_rank.json sits beside it, its (query, title, neg_title) triples. Label-0 pairs
     are not used for training (InfoNCE needs a positive for every anchor); dev is every pair."""
-    hp = settings("simclue", args)
+    hp = task_settings(task, args)
     pairs = nonempty(read_simclue_pairs(paths["train"]), paths["train"])
     dev = nonempty(read_simclue_pairs(paths["dev"]), paths["dev"])
     if len({label for *_, label, _ in dev}) < 2:
-        raise EvalError(f"{paths['dev']}: every label is {dev[0][2]}: a correlation with the label is undefined")
+        raise Refused(f"{paths['dev']}: every label is {dev[0][2]}: a correlation with the label is undefined")
     rank_path = os.path.join(os.path.dirname(paths["train"]), "train_rank.json")
     triples = read_simclue_triples(rank_path) if os.path.isfile(rank_path) else []
     rows = subsample([(a, b, None) for a, b, label, _ in pairs if label == 1] + triples, args)
@@ -416,7 +376,7 @@ def load_simclue(task, paths, tok, args):
                       f"temperature {args.temperature}")
 
 
-def run_simclue(task, data, model, hp, seed, args):
+def run_retrieval(task, data, model, hp, seed, args):
     encoder = model.model
 
     def batches(bs, epoch):
@@ -443,68 +403,45 @@ def run_simclue(task, data, model, hp, seed, args):
 
 
 # ------------------------------------------------------------------------------------------
-# Models, seeds, saving, the results table
+# The kinds of task: how each is read, fine-tuned and scored, and on which model
+
+@dataclass
+class Kind:
+    load: callable          # (task, paths, tokenizer, args) -> data
+    run: callable           # (task, data, model, hp, seed, args) -> (scores per epoch, losses)
+    model: type             # the model class fine-tuned (its head)
+    metric: str             # what the scores are, first (and second) of each tuple
+    before: bool = False    # the baseline is the score before fine-tuning (else data["baseline"])
+
+
+CLASSIFY = Kind(load_classification, run_classification, CMBertForSequenceClassification, "acc")
+KINDS = {"single": CLASSIFY, "pair": CLASSIFY, "csl": CLASSIFY, "wsc": CLASSIFY,
+         "span": Kind(load_spans, run_spans, CMBertForSpans, "F1 / EM"),
+         "retrieval": Kind(load_retrieval, run_retrieval, CMBert, "Spearman / Pearson", before=True)}
+
 
 def build_model(task, data, args):
     """The pre-trained weights, or (--init random) the same architecture freshly initialised.
-    SimCLUE fine-tunes the encoder of the full pre-trained model (CMBert), so a saved SimCLUE model
-    is a model directory like the one train.py writes."""
-    kind, overrides, kwargs = TASKS[task]["kind"], {}, {}
-    cls = CMBertForSpans if kind == "span" else CMBert if kind == "simclue" else CMBertForSequenceClassification
+    Retrieval fine-tunes the encoder of the full pre-trained model (CMBert), so a saved retrieval
+    model is a model directory like the one train.py writes."""
+    cls, overrides, kwargs = KINDS[TASKS[task]["kind"]].model, {}, {}
     if cls is CMBertForSequenceClassification:
         kwargs = dict(num_labels=len(data["labels"]))
         overrides = {k: v for k, v in (("classifier_pooling", args.pooling), ("classifier_dropout", args.dropout))
                      if v is not None}
-    try:
-        model = cls(load_config(args.model_dir, **overrides), **kwargs) if args.init == "random" else \
-            cls.from_pretrained(args.model_dir, **overrides, **kwargs)
-    except (FileNotFoundError, ValueError) as e:
-        raise EvalError(str(e))
-    return model.to(args.device)
-
-
-def save_model(model, task, data, seed, args, tok_path):
-    """<save>/<task>/seed<seed>/: model.safetensors + config.json (save_pretrained), tokenizer.json and
-    task.json (the model class and, for classifiers, the label list in output order). Written under a
-    temporary name, then renamed, so a directory that exists is complete."""
-    final = os.path.join(args.save, task, f"seed{seed}")
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".seed{seed}.", dir=os.path.dirname(final))  # a new name: never follows a link
-    os.chmod(tmp, 0o755)
-    model.save_pretrained(tmp)
-    shutil.copyfile(tok_path, os.path.join(tmp, "tokenizer.json"))
-    write_json(os.path.join(tmp, "task.json"), dict(task=task, model_class=type(model).__name__, seed=seed,
-                                                    labels=data.get("labels"), init=args.init))
-    if os.path.exists(final):
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
-
-
-def aggregate(per_seed, metric):
-    """Mean and sample standard deviation (n - 1) over seeds of the final- and best-epoch scores."""
-    def stats(values):
-        values = np.array(values, dtype=np.float64)
-        return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    final, final_std = stats([r["final"] for r in per_seed])
-    best, best_std = stats([r["best"] for r in per_seed])
-    out = dict(metric=metric, seeds=[r["seed"] for r in per_seed], final=final, final_std=final_std, best=best,
-               best_std=best_std, per_seed=per_seed)
-    if "final_2" in per_seed[0]:
-        out["final_2"], out["final_2_std"] = stats([r["final_2"] for r in per_seed])
-    return out
+    if args.init == "random":
+        return cls(read_config(args.model_dir, CMBertConfig, **overrides), **kwargs).to(args.device)
+    return cls.from_pretrained(args.model_dir, **overrides, **kwargs).to(args.device)
 
 
 def run_task(task, data, args, tok_path):
-    hp, kind = settings(task, args), TASKS[task]["kind"]
-    metric = {"span": "F1 / EM", "simclue": "Spearman / Pearson"}.get(kind, "acc")
-    runner = run_cmrc if kind == "span" else run_simclue if kind == "simclue" else run_classification
+    hp, kind = task_settings(task, args), KINDS[TASKS[task]["kind"]]
     per_seed = []
     for seed in range(args.seed, args.seed + hp["seeds"]):
         torch.manual_seed(seed)
         model = build_model(task, data, args)
-        scores, losses = runner(task, data, model, hp, seed, args)
-        before = scores.pop(0) if kind == "simclue" else None
+        scores, losses = kind.run(task, data, model, hp, seed, args)
+        before = scores.pop(0) if kind.before else None
         r = dict(seed=seed, final=scores[-1][0], best=max(s[0] for s in scores), per_epoch=[list(s) for s in scores],
                  train_loss=losses)
         if len(scores[-1]) > 1:
@@ -515,11 +452,8 @@ def run_task(task, data, args, tok_path):
             r["saved"] = save_model(model, task, data, seed, args, tok_path)
         per_seed.append(r)
         del model
-    out = aggregate(per_seed, metric)
-    if kind == "simclue":  # the baseline: the same score before fine-tuning (identical for every seed)
-        out["baseline"] = per_seed[0]["before"]
-    else:
-        out["baseline"] = data["baseline"]
+    out = aggregate(per_seed, kind.metric)
+    out["baseline"] = per_seed[0]["before"] if kind.before else data["baseline"]  # the same for every seed
     out.update(n_train=data["n_train"], n_dev=data["n_dev"], notes=data["notes"], settings=hp)
     if "labels" in data:
         out["labels"] = len(data["labels"])
@@ -528,116 +462,11 @@ def run_task(task, data, args, tok_path):
     return out
 
 
-def markdown_table(results, args):
-    pct = lambda m, s=None: f"{100 * m:.2f}" + ("" if s is None else f" ± {100 * s:.2f}")  # noqa: E731
-    rows = [f"CLUE dev results: {args.model_dir} ({'random init' if args.init == 'random' else 'pre-trained'}), "
-            f"seeds from {args.seed}; dev scores are mean ± std over the seeds (std over n-1)", "",
-            "| task | metric | seeds | dev (final epoch) | dev (best epoch) | baseline | final, per seed | train / dev | time |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    warn = []
-    for task, r in results.items():
-        n = len(r["seeds"])
-        std = lambda key: r[key] if n > 1 else None  # noqa: E731
-        final = pct(r["final"], std("final_std")) + (f" / {pct(r['final_2'], std('final_2_std'))}" if "final_2" in r else "")
-        base = r["baseline"]
-        base = "–" if base is None else f"before fine-tuning {pct(base[0])} / {pct(base[1])}" if isinstance(base, list) \
-            else f"majority class {pct(base)}"
-        per_seed = ", ".join(pct(s["final"]) for s in r["per_seed"])
-        rows.append(f"| {task} | {r['metric']} | {n} | {final} | {pct(r['best'], std('best_std'))} | {base} | {per_seed} | "
-                    f"{r['n_train']:,} / {r['n_dev']:,} | {r['seconds']:.0f}s |")
-        if n == 1 and r["n_dev"] < SMALL_DEV:
-            warn.append(f"warning: {task} has {r['n_dev']} dev rows and ran with one seed; its score moves by "
-                        f"several points between seeds (use --seeds 3)")
-    return "\n".join(rows + ([""] + warn if warn else []))
-
-
 # ------------------------------------------------------------------------------------------
-# Command line: every setting and file is checked before any work
-
-def check_tokenizer(tok, tok_path, args):
-    """The tokenizer must belong to the model: same special ids and a vocabulary that fits, the same
-    file as the model directory's own tokenizer.json, and the fingerprint the model directory records
-    (config.json's tokenizer_sha256, where present)."""
-    cfg = load_config(args.model_dir)
-    ids = {t: tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")}
-    want = {"[PAD]": cfg.pad_id, "[CLS]": cfg.cls_id, "[SEP]": cfg.sep_id, "[MASK]": cfg.mask_id}
-    if tok.get_vocab_size() > cfg.vocab_size or ids != want:
-        raise EvalError(f"the tokenizer ({tok.get_vocab_size()} tokens, special ids {list(ids.values())}) does not "
-                        f"match the model in {args.model_dir} (vocabulary {cfg.vocab_size}, special ids {list(want.values())})")
-    digest = sha256(tok_path)
-    own = os.path.join(args.model_dir, "tokenizer.json")
-    if os.path.isfile(own) and sha256(own) != digest:
-        raise EvalError(f"{tok_path} is not the tokenizer of {args.model_dir} (its tokenizer.json differs)")
-    with open(os.path.join(args.model_dir, "config.json")) as f:
-        recorded = json.load(f).get("tokenizer_sha256")
-    if recorded and recorded != digest:
-        raise EvalError(f"{tok_path}: sha256 {digest[:12]}… is not the tokenizer_sha256 {recorded[:12]}… that "
-                        f"{args.model_dir}/config.json records")
-
-
-def number(kind, low, high=None, low_open=False):
-    """An argparse type: a number in [low, high] (or (low, high] with low_open), else one line giving the range."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not math.isfinite(value) or (value <= low if low_open else value < low) or (high is not None and value > high):
-            rng = f"{'>' if low_open else '>='} {low}" if high is None else f"in {'(' if low_open else '['}{low}, {high}]"
-            raise argparse.ArgumentTypeError(f"{text}: must be {rng}")
-        return value
-    return parse
-
+# Every setting and file is checked before any work
 
 def parse_args(argv):
-    plural = lambda n, word: f"{n} {word}{'s' * (n > 1)}"  # noqa: E731
-    defaults = "\n".join(f"  {t:12s} {plural(s['epochs'], 'epoch'):>9s}, lr {s['lr']:g}, batch {s['batch']}, length "
-                         f"{s['max_len']}, {plural(s.get('seeds', 1), 'seed')}" for t, s in TASKS.items())
-    p = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 2)[2] + "\n\nPer-task defaults (CLUE's baseline settings; SimCLUE's are this project's choice):\n" + defaults)
-    p.add_argument("--model_dir", default="out", help="a directory written by train.py (default: %(default)s)")
-    p.add_argument("--data_dir", default="data/clue", help="the CLUE folders (default: %(default)s)")
-    p.add_argument("--tasks", default="all", help="comma-separated, or all: every task whose files exist (default: all)")
-    p.add_argument("--path", action="append", default=[], metavar="TASK=DIR", help="a task's own folder")
-    p.add_argument("--tokenizer", help="tokenizer.json (default: the one in --model_dir)")
-    p.add_argument("--init", choices=["pretrained", "random"], default="pretrained", help="default: %(default)s")
-    p.add_argument("--epochs", type=number(int, 1), help="default: the task's (below)")
-    p.add_argument("--lr", type=number(float, 0, low_open=True), help="peak learning rate (default: the task's)")
-    p.add_argument("--batch_size", type=number(int, 1), help="default: the task's")
-    p.add_argument("--max_len", type=number(int, 16), help="tokens per row, at most the model's max_seq_len (default: the task's)")
-    p.add_argument("--seeds", type=number(int, 1), help="runs per task with seeds --seed, --seed+1, ...; "
-                                                        "default: 3 for CLUEWSC2020 and CSL, else 1")
-    p.add_argument("--seed", type=number(int, 0), default=42, help="the first seed (default: %(default)s)")
-    p.add_argument("--pooling", choices=["cls", "mean"], help="classifier's sentence vector (default: the checkpoint's config)")
-    p.add_argument("--dropout", type=number(float, 0, 0.99), help="classifier dropout (default: the checkpoint's config)")
-    p.add_argument("--doc_stride", type=number(int, 1), default=128,
-                   help="CMRC2018 window stride in tokens, at most half of --max_len (default: %(default)s)")
-    p.add_argument("--temperature", type=number(float, 0, low_open=True), default=0.05,
-                   help="SimCLUE InfoNCE temperature (default: %(default)s)")
-    p.add_argument("--max_train_samples", type=number(int, 1), help="a random subset of each training set (default: all)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: %(default)s)")
-    p.add_argument("--dtype", default="auto", help="autocast: auto (bf16 where native), float32 or bfloat16 (default: auto)")
-    p.add_argument("--out", help="results file (default: <model_dir>/results_clue.json)")
-    p.add_argument("--save", metavar="DIR", help="keep each fine-tuned model in DIR/<task>/seed<N>/ (default: not kept)")
-    p.add_argument("--progress", choices=["True", "False"], default="True", help="progress bars (default: %(default)s)")
-    args = p.parse_args(argv)
-    args.progress = args.progress == "True"
-    return args
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    try:
-        args.dtype = resolve_dtype(args.device, args.dtype)
-    except ValueError as e:
-        sys.exit(f"eval_clue.py: error: --dtype: {e}")
-    args.autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
-    try:
-        return evaluate_tasks(args)
-    except EvalError as e:
-        sys.exit(f"eval_clue.py: error: {e}")
+    return settings.eval_args(argv, __doc__, TASKS)
 
 
 def resolve_tasks(args):
@@ -645,73 +474,77 @@ def resolve_tasks(args):
     for item in args.path:
         task, sep, folder = item.partition("=")
         if not sep or task not in TASKS:
-            raise EvalError(f"--path {item!r}: expected TASK=DIR with TASK one of {', '.join(TASKS)}")
+            raise Refused(f"--path {item!r}: expected TASK=DIR with TASK one of {', '.join(TASKS)}")
         overrides[task] = folder
     if args.tasks == "all":
         tasks = [t for t in TASKS if all(map(os.path.isfile, task_paths(t, args.data_dir, overrides.get(t)).values()))]
         if not tasks:
-            raise EvalError(f"{args.data_dir}: no CLUE task files found (expected e.g. afqmc_public/train.json)")
+            raise Refused(f"{args.data_dir}: no CLUE task files found (expected e.g. afqmc_public/train.json)")
     else:
         tasks = [t.strip().lower() for t in args.tasks.split(",")]
         unknown = [t for t in tasks if t not in TASKS]
         if unknown:
-            raise EvalError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+            raise Refused(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
     return tasks, {t: task_files(t, args.data_dir, overrides.get(t)) for t in tasks}
 
 
-def check_environment(tasks, args):
+def check_model(tasks, args):
+    """The model folder is whole, every task's length fits the model, the output folders can be
+    written, and the tokenizer is the model's own (same special ids, a vocabulary that fits, the
+    same file as the folder's tokenizer.json and as the sha256 its config.json records)."""
     for name in ("config.json",) + (("model.safetensors",) if args.init == "pretrained" else ()):
         if not os.path.isfile(os.path.join(args.model_dir, name)):
-            raise EvalError(f"{args.model_dir}: no {name} (a directory written by train.py / save_pretrained)")
-    try:
-        cfg = load_config(args.model_dir)
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise EvalError(f"{args.model_dir}/config.json: unreadable ({e})")
+            raise Refused(f"{args.model_dir}: no {name} (a directory written by train.py / save_pretrained)")
+    cfg = read_config(args.model_dir, CMBertConfig)
     for task in tasks:
-        hp = settings(task, args)
+        hp = task_settings(task, args)
         if hp["max_len"] > cfg.max_seq_len:
-            raise EvalError(f"{task}: --max_len {hp['max_len']} exceeds the model's max_seq_len {cfg.max_seq_len}")
+            raise Refused(f"{task}: --max_len {hp['max_len']} exceeds the model's max_seq_len {cfg.max_seq_len}")
         if TASKS[task]["kind"] == "span" and args.doc_stride > hp["max_len"] // 2:
-            raise EvalError(f"--doc_stride {args.doc_stride}: must be in [1, {hp['max_len'] // 2}] (half of the "
-                            f"CMRC2018 length {hp['max_len']}), else windows skip context")
-    out = args.out or os.path.join(args.model_dir, "results_clue.json")
+            raise Refused(f"--doc_stride {args.doc_stride}: must be in [1, {hp['max_len'] // 2}] (half of the "
+                          f"{task} length {hp['max_len']}), else windows skip context")
     try:
         os.makedirs(args.save, exist_ok=True) if args.save else None
     except OSError as e:
-        raise EvalError(f"--save {args.save}: {e.strerror}")
-    for folder in [os.path.dirname(os.path.abspath(out))] + ([args.save] if args.save else []):
+        raise Refused(f"--save {args.save}: {e.strerror}")
+    for folder in [os.path.dirname(os.path.abspath(args.out))] + ([args.save] if args.save else []):
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            raise EvalError(f"{folder}: not a writable directory")
-
-
-def evaluate_tasks(args):
-    tasks, paths = resolve_tasks(args)
-    check_environment(tasks, args)
+            raise Refused(f"{folder}: not a writable directory")
     tok_path = args.tokenizer or os.path.join(args.model_dir, "tokenizer.json")
     if not os.path.isfile(tok_path):
-        raise EvalError(f"{tok_path}: no tokenizer (pass --tokenizer)")
-    from tokenizers import Tokenizer
-    try:
-        tok = Tokenizer.from_file(tok_path)
-    except Exception as e:  # the tokenizers library raises its own exception types
-        raise EvalError(f"{tok_path}: not a tokenizers JSON file ({str(e).splitlines()[0][:80]})")
-    check_tokenizer(tok, tok_path, args)
-    data = {}
-    for task in tasks:  # read, validate and encode every task before training any
-        kind = TASKS[task]["kind"]
-        load = load_cmrc if kind == "span" else load_simclue if kind == "simclue" else load_classification
-        data[task] = load(task, paths[task], tok, args)
-    out = args.out or os.path.join(args.model_dir, "results_clue.json")
+        raise Refused(f"{tok_path}: no tokenizer (pass --tokenizer)")
+    tok = load_tokenizer(tok_path)
+    check_fits(tok, tok_path, cfg.vocab_size, model_ids(cfg))
+    own = os.path.join(args.model_dir, "tokenizer.json")
+    if os.path.isfile(own):
+        check_recorded(tok_path, sha256(own), f"{tok_path} is not the tokenizer of {args.model_dir} (its tokenizer.json differs)")
+    with open(os.path.join(args.model_dir, "config.json")) as f:
+        recorded = json.load(f).get("tokenizer_sha256")
+    check_recorded(tok_path, recorded, f"{tok_path}: sha256 {{got}}… is not the tokenizer_sha256 {{want}}… that "
+                                       f"{args.model_dir}/config.json records")
+    return tok, tok_path
+
+
+@script("eval_clue.py")
+def main(argv=None):
+    args = parse_args(argv)
+    args.device = runtime.pick_device(args.device)
+    args.dtype = runtime.resolve_dtype(args.device, args.dtype)
+    args.autocast = runtime.autocast(args.device, args.dtype)
+    args.out = args.out or os.path.join(args.model_dir, "results_clue.json")
+    tasks, paths = resolve_tasks(args)
+    tok, tok_path = check_model(tasks, args)
+    data = {task: KINDS[TASKS[task]["kind"]].load(task, paths[task], tok, args) for task in tasks}  # all, before any training
     results = {}
     for task in tasks:
         t0 = time.time()
         results[task] = run_task(task, data.pop(task), args, tok_path)
         results[task]["seconds"] = round(time.time() - t0, 1)
         table = markdown_table(results, args)  # written after every task: a later failure keeps these
-        write_json(out, dict(model_dir=args.model_dir, init=args.init, seed=args.seed, tasks=results, table=table,
-                             settings={k: v for k, v in vars(args).items() if k not in ("progress", "autocast")}))
+        write_json(args.out, dict(model_dir=args.model_dir, init=args.init, seed=args.seed, tasks=results, table=table,
+                                  settings={k: v for k, v in vars(args).items() if k not in ("progress", "autocast")}))
     print(table)
-    print(f"wrote {out}")
+    print(f"wrote {args.out}")
     return results
 
 

@@ -20,19 +20,19 @@ its tokens, [CLS] and [SEP] included) and the cosine similarity of every pair. A
 only pre-trained with masked-LM is not tuned for similarity: expect high cosines everywhere until
 it is fine-tuned on sentence pairs (the paper does this contrastively).
 """
-import argparse, os, sys
+import os
 
 import torch
 import torch.nn.functional as F
 
-from cmbert import CMBert
+from cmbert import CMBert, mean_pool
+from errors import Refused, script
+from runtime import pick_device
+from settings import ArgParser
+from tokens import SPECIAL_TOKENS, load_tokenizer
 
 EXAMPLES = ["北京是{中华人民共和国}的首都。", "这本书的内容非常{精彩}，推荐大家阅读。",
             "酒店的服务态度很好，{房间}也很干净。", "今天的天气很好，我们一起去[MASK]散步吧。"]
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line."""
 
 
 def parse_masks(sentence, where):
@@ -42,60 +42,65 @@ def parse_masks(sentence, where):
     for ch in sentence:
         if ch == "{":
             if start is not None:
-                raise UsageError(f"{where}: '{{' inside a {{word}} (masks do not nest)")
+                raise Refused(f"{where}: '{{' inside a {{word}} (masks do not nest)")
             start = len(text)
         elif ch == "}":
             if start is None:
-                raise UsageError(f"{where}: '}}' without a '{{' before it")
+                raise Refused(f"{where}: '}}' without a '{{' before it")
             if start == len(text):
-                raise UsageError(f"{where}: empty {{}}: put the word to hide between the braces")
+                raise Refused(f"{where}: empty {{}}: put the word to hide between the braces")
             spans.append((start, len(text)))
             start = None
         else:
             text += ch
     if start is not None:
-        raise UsageError(f"{where}: '{{' without a closing '}}'")
+        raise Refused(f"{where}: '{{' without a closing '}}'")
     return text, spans
 
 
 def encode(tok, text, cfg, where):
     enc = tok.encode(text)  # [CLS] text [SEP]
     if len(enc.ids) > cfg.max_seq_len:
-        raise UsageError(f"{where}: {len(enc.ids)} tokens, longer than the model's max_seq_len {cfg.max_seq_len}")
+        raise Refused(f"{where}: {len(enc.ids)} tokens, longer than the model's max_seq_len {cfg.max_seq_len}")
     return enc
 
 
-def fill_mask(model, tok, sentence, where, top_k, device):
+@torch.no_grad()
+def fill_mask(model, tok, text, spans, device, where="text"):
+    """Whole-word fill-mask, as in training: every token overlapping a span of `text` becomes
+    [MASK] (one group of positions per span), and so does every [MASK] written in the text (a group
+    of its own). Returns (encoding, groups, probabilities per position over real text tokens)."""
     cfg = model.cfg
-    text, spans = parse_masks(sentence, where)
     enc = encode(tok, text, cfg, where)
-    groups = []  # one group of token positions per {word} and per [MASK]
+    groups = []
     for a, b in spans:
         # every real token overlapping [a, b): special tokens have empty (0, 0) offsets
         pos = [i for i, (s, e) in enumerate(enc.offsets) if e > s and s < b and e > a]
         if not pos:
-            raise UsageError(f"{where}: {{{text[a:b]}}} covers no token (only spaces?)")
+            raise Refused(f"{where}: {{{text[a:b]}}} covers no token (only spaces?)")
         groups.append(pos)
     groups += [[i] for i, t in enumerate(enc.ids) if t == cfg.mask_id]
     if not groups:
-        raise UsageError(f"{where}: nothing to fill: mark a word as {{word}} or write [MASK] (or use --similarity)")
+        raise Refused(f"{where}: nothing to fill: mark a word as {{word}} or write [MASK] (or use --similarity)")
     ids = torch.tensor(enc.ids, device=device)
     for pos in groups:
         ids[pos] = cfg.mask_id
-    with torch.no_grad():
-        logits, _ = model(ids[None])
+    logits = model(ids[None])[0][0].float()
     # guesses are real text tokens: not special tokens, not ids beyond the tokenizer (padding rows of
     # a vocabulary rounded up to a multiple of 64)
-    logits = logits[0].float()
     logits[:, tok.get_vocab_size():] = float("-inf")
-    logits[:, [cfg.pad_id, cfg.cls_id, cfg.sep_id, cfg.mask_id, tok.token_to_id("[UNK]")]] = float("-inf")
-    probs = logits.softmax(-1)
+    logits[:, [tok.token_to_id(t) for t in SPECIAL_TOKENS]] = float("-inf")
+    return enc, groups, logits.softmax(-1)
 
-    # show the sentence with each hidden region in [brackets]; a [MASK] written by the user stays as is
+
+def show_fill_mask(model, tok, sentence, where, top_k, device):
+    text, spans = parse_masks(sentence, where)
+    enc, groups, probs = fill_mask(model, tok, text, spans, device, where)
+    # the sentence with each hidden region in [brackets]; a [MASK] written by the user stays as is
     shown, cut = [], 0
     for pos in sorted(groups):
         s, e = enc.offsets[pos[0]][0], enc.offsets[pos[-1]][1]
-        if enc.ids[pos[0]] == cfg.mask_id and len(pos) == 1 and text[s:e] == "[MASK]":
+        if enc.ids[pos[0]] == model.cfg.mask_id and len(pos) == 1 and text[s:e] == "[MASK]":
             continue
         shown += [text[cut:s], "[", text[s:e], "]"]
         cut = e
@@ -107,16 +112,33 @@ def fill_mask(model, tok, sentence, where, top_k, device):
         for n, p in enumerate(pos, 1):
             top = probs[p].topk(top_k)
             # a lone byte-fallback piece (<0xE4>) decodes to nothing readable: show its name instead
-            show = lambda t: tok.decode([t]) if tok.decode([t]).strip("\ufffd") else tok.id_to_token(t)
+            show = lambda t: tok.decode([t]) if tok.decode([t]).strip("\ufffd") else tok.id_to_token(t)  # noqa: E731
             guesses = "  ".join(f"{show(int(t))} {v:.1%}" for v, t in zip(top.values.tolist(), top.indices.tolist()))
             print(f"     token {n}/{len(pos)}: {guesses}")
 
 
+def demo(model, tokenizer_file, device):
+    """train.py's closing demo: in a few sentences, hide the longest jieba word as training did and
+    show the top-3 guesses for each of its tokens."""
+    import rjieba
+    tok = load_tokenizer(tokenizer_file)
+    model.eval()
+    print("fill-mask demo (a whole jieba word masked; top-3 guesses for each of its tokens):")
+    for text in ["北京是中华人民共和国的首都。", "这本书的内容非常精彩，推荐大家阅读。",
+                 "酒店的服务态度很好，房间也很干净。", "今天的天气很好，我们一起去公园散步吧。"]:
+        word = max(rjieba.cut(text, True), key=len)  # the longest word: the most interesting one to guess
+        a = text.index(word)
+        _, groups, probs = fill_mask(model, tok, text, [(a, a + len(word))], device)
+        guesses = ["/".join(tok.decode([t]) for t in probs[p].topk(3).indices.tolist()) for p in groups[0]]
+        print(f"  {text[:a]}[{word}]{text[a + len(word):]}  ->  {' + '.join(guesses)}")
+    model.train()
+
+
+@torch.no_grad()
 def embed(model, tok, sentence, where, device):
     enc = encode(tok, sentence, model.cfg, where)
-    with torch.no_grad():
-        h = model.model(torch.tensor(enc.ids, device=device)[None])  # (1, T, n_embd), one unpadded row
-    return h[0].float().mean(0)
+    h = model.model(torch.tensor(enc.ids, device=device)[None])  # (1, T, n_embd), one unpadded row
+    return mean_pool(h.float())[0]
 
 
 def similarity(model, tok, sentences, device):
@@ -134,9 +156,9 @@ def similarity(model, tok, sentences, device):
 
 def export(model, model_dir, out_dir):
     if os.path.abspath(out_dir) == os.path.abspath(model_dir):
-        raise UsageError(f"--export {out_dir}: that is the model folder itself; choose another folder")
+        raise Refused(f"--export {out_dir}: that is the model folder itself; choose another folder")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, "config.json")):
-        raise UsageError(f"--export {out_dir}: exists and holds files that are not a model export; choose another folder")
+        raise Refused(f"--export {out_dir}: exists and holds files that are not a model export; choose another folder")
     model.save_hf(out_dir, os.path.join(model_dir, "tokenizer.json"))
     remote = model.cfg.norm != "layernorm"
     arg = ", trust_remote_code=True" if remote else ""
@@ -147,43 +169,37 @@ def export(model, model_dir, out_dir):
           f"  print(fill('北京是中国的[MASK]。'))")
 
 
+@script("use.py")
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0],
-                                formatter_class=type("F", (argparse.RawDescriptionHelpFormatter,
-                                                           argparse.ArgumentDefaultsHelpFormatter), {}),
-                                epilog="\n\n".join(__doc__.strip().split("\n\n")[1:]))
+    p = ArgParser("use.py", __doc__, epilog="\n\n".join(__doc__.strip().split("\n\n")[1:]))
     p.add_argument("sentences", nargs="*", help="sentences (default: a few built-in fill-mask examples)")
     p.add_argument("--model_dir", default="out", help="a folder written by train.py (or save_pretrained / save_hf)")
     p.add_argument("--similarity", action="store_true", help="embed the sentences and compare every pair")
     p.add_argument("--top_k", type=int, default=5, help="guesses shown per hidden token")
     p.add_argument("--export", metavar="DIR", help="write a Hugging Face transformers folder and stop")
-    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, ...")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
     args = p.parse_args(argv)
-    try:
-        if args.top_k < 1:
-            raise UsageError(f"--top_k {args.top_k}: must be at least 1")
-        tok_path = os.path.join(args.model_dir, "tokenizer.json")
-        model = CMBert.from_pretrained(args.model_dir).eval()
-        if not os.path.exists(tok_path):
-            raise UsageError(f"{tok_path}: no such file (train.py writes it next to the model)")
-        if args.export:
-            return export(model, args.model_dir, args.export)
-        from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(tok_path)
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-        model.to(device)
-        sentences = args.sentences or ([] if args.similarity else EXAMPLES)
-        if not sentences:
-            raise UsageError("--similarity needs sentences to compare")
-        if any(not s.strip() for s in sentences):
-            raise UsageError(f"sentence {next(i for i, s in enumerate(sentences, 1) if not s.strip())} is empty")
-        if args.similarity:
-            similarity(model, tok, sentences, device)
-        else:
-            for i, s in enumerate(sentences, 1):
-                fill_mask(model, tok, s, f"sentence {i} ({s})", min(args.top_k, tok.get_vocab_size() - 5), device)
-    except (UsageError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"use.py: error: {e}")
+    if args.top_k < 1:
+        raise Refused(f"--top_k {args.top_k}: must be at least 1")
+    tok_path = os.path.join(args.model_dir, "tokenizer.json")
+    model = CMBert.from_pretrained(args.model_dir).eval()
+    if not os.path.exists(tok_path):
+        raise Refused(f"{tok_path}: no such file (train.py writes it next to the model)")
+    if args.export:
+        return export(model, args.model_dir, args.export)
+    tok = load_tokenizer(tok_path)
+    device = pick_device(args.device)
+    model.to(device)
+    sentences = args.sentences or ([] if args.similarity else EXAMPLES)
+    if not sentences:
+        raise Refused("--similarity needs sentences to compare")
+    if any(not s.strip() for s in sentences):
+        raise Refused(f"sentence {next(i for i, s in enumerate(sentences, 1) if not s.strip())} is empty")
+    if args.similarity:
+        similarity(model, tok, sentences, device)
+    else:
+        for i, s in enumerate(sentences, 1):
+            show_fill_mask(model, tok, s, f"sentence {i} ({s})", min(args.top_k, tok.get_vocab_size() - 5), device)
 
 
 if __name__ == "__main__":

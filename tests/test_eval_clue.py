@@ -167,7 +167,7 @@ def test_correlations_on_known_cases():
     assert eval_clue.pearson([1, 2, 3, 4], [2, 4, 6, 8]) == pytest.approx(1.0)
     assert eval_clue.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert eval_clue.pearson([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
-    assert list(eval_clue.average_ranks([3.0, 1.0, 3.0, 2.0])) == [3.5, 1.0, 3.5, 2.0]  # ties share their mean rank
+    assert list(clue_data.average_ranks([3.0, 1.0, 3.0, 2.0])) == [3.5, 1.0, 3.5, 2.0]  # ties share their mean rank
     assert eval_clue.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / 95 ** 0.5)  # 0.8207826816681233
     assert eval_clue.spearman([1, 2, 3, 4], [1, 10, 100, 1000]) == pytest.approx(1.0)  # monotone, not linear
     assert eval_clue.spearman([0.9, 0.1, 0.8, 0.3], [1, 0, 0, 1]) == pytest.approx(0.4472135955)
@@ -345,13 +345,13 @@ def test_every_task_validated_first_and_results_written_after_each(tmp_path, clu
     out = tmp_path / "r.json"
     msg = evaluate("--model_dir", model_dir, "--data_dir", bad, "--tasks", "afqmc,tnews", "--out", out)
     assert "tnews_public/dev.json: line 2: invalid JSON" in msg and not out.exists()  # nothing trained
-    real = eval_clue.run_classification
+    real = eval_clue.CLASSIFY.run
 
     def failing(task, *a):
         if task == "tnews":
             raise eval_clue.EvalError("tnews: simulated failure")
         return real(task, *a)
-    monkeypatch.setattr(eval_clue, "run_classification", failing)
+    monkeypatch.setattr(eval_clue.CLASSIFY, "run", failing)
     msg = evaluate("--model_dir", model_dir, "--data_dir", clue_dir, "--tasks", "afqmc,tnews", "--epochs", "1", "--out", out)
     assert "simulated failure" in msg and set(json.loads(out.read_text())["tasks"]) == {"afqmc"}  # afqmc kept
 
@@ -386,3 +386,31 @@ def test_a_tokenizer_from_elsewhere_is_refused(tmp_path, clue_dir, model_dir):
     (recorded / "config.json").write_text(json.dumps(dict(cfg, tokenizer_sha256="0" * 64)))
     msg = evaluate("--model_dir", recorded, "--data_dir", clue_dir, "--tasks", "afqmc", "--tokenizer", model_dir / "tokenizer.json")
     assert "is not the tokenizer_sha256 000000000000" in msg
+
+
+def test_faults_are_one_line(tmp_path, clue_dir, model_dir):
+    """A full disk under --out, a device this machine lacks and bad numbers: one line each, no
+    traceback and no usage block."""
+    import resource
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "eval_clue.py"), "--progress", "False", "--model_dir",
+                        str(model_dir), "--data_dir", str(clue_dir), "--tasks", "afqmc", "--epochs", "1", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200)))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and f"{out}: File too large" in lines[0], r.stderr[-2000:]
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+    cases = [["--epochs", "0"], ["--max_train_samples", "-5"], ["--batch_size", "0"]]
+    if not torch.cuda.is_available():
+        cases.append(["--device", "cuda"])
+    for args in cases:
+        r = run_eval("--model_dir", model_dir, "--data_dir", clue_dir, "--tasks", "afqmc", *args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("eval_clue.py: error: argument"), r.stderr
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fine_tuning_prints_no_warning(tmp_path, clue_dir, model_dir, dtype):
+    r = run_eval("--model_dir", model_dir, "--data_dir", clue_dir, "--tasks", "tnews,simclue", "--epochs", "1",
+                 "--dtype", dtype, "--out", tmp_path / "r.json")
+    assert r.returncode == 0 and r.stderr == "", r.stderr

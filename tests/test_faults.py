@@ -9,6 +9,7 @@ import torch
 from conftest import ROOT, make_corpus
 
 import prepare
+import run_files
 import train
 
 TRAIN = ["--stages=[(0, 64, 2, 1e4)]", "--eval_windows=2", "--warmup_steps=2",
@@ -152,11 +153,11 @@ def test_torn_last_log_line_does_not_block_resume(tmp_path, tiny_data, reference
     shutil.copytree(reference, out)
     with open(out / "log.jsonl", "a") as f:
         f.write('{"step": 7, "lo')  # a full disk mid-append
-    train.rewrite_log(str(out / "log.jsonl"), 6)
+    run_files.rewrite_log(str(out / "log.jsonl"), 6)
     assert log_rows(out) == log_rows(reference)
     lines = (out / "log.jsonl").read_text().splitlines()
     (out / "log.jsonl").write_text("\n".join(lines[:2] + ["garbage"] + lines[2:]) + "\n")
-    refused(lambda: train.rewrite_log(str(out / "log.jsonl"), 6), "log.jsonl: line 3")
+    refused(lambda: run_files.rewrite_log(str(out / "log.jsonl"), 6), "log.jsonl: line 3")
 
 
 def test_kill_during_prepare_renames(tmp_path, corpus_file):
@@ -177,7 +178,7 @@ def test_kill_during_prepare_renames(tmp_path, corpus_file):
 
 
 def test_atomic_path(tmp_path):
-    from cmbert import atomic_path, write_json
+    from files import atomic_path, write_json
     target, victim = tmp_path / "x.json", tmp_path / "victim"
     victim.write_text("keep")
     os.symlink(victim, tmp_path / "x.json.tmp")
@@ -205,7 +206,7 @@ class Payload:
 def test_crafted_checkpoint_runs_no_code(tmp_path, tiny_data):
     out, marker = tmp_path / "out", tmp_path / "pwned"
     out.mkdir()
-    torch.save({"format_version": train.CKPT_FORMAT, "step": Payload(str(marker))}, out / "ckpt.pt")
+    torch.save({"format_version": run_files.CKPT_FORMAT, "step": Payload(str(marker))}, out / "ckpt.pt")
     refused(lambda: train.main([f"--data_dir={tiny_data}", f"--out_dir={out}", "--resume=True"]),
             "ckpt.pt: not a checkpoint this train.py can read")
     assert not marker.exists()
@@ -318,17 +319,30 @@ def test_unusable_output_directory(tmp_path, tiny_data, reference):
     refused(lambda: train.main([f"--data_dir={tiny_data}", f"--out_dir={other}"]), "holds a dataset (meta.json)")
 
 
-def test_full_disk_during_a_run_keeps_the_last_checkpoint(tmp_path, tiny_data, reference):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_full_disk_during_a_run_keeps_the_last_checkpoint(tmp_path, tiny_data, reference, dtype):
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     before = (out / "ckpt.pt").read_bytes()
     limit = (os.path.getsize(out / "model.safetensors") + len(before)) // 2  # the model fits, ckpt.pt does not
     r = run("train.py", *TRAIN, f"--data_dir={tiny_data}", f"--out_dir={out}", "--resume=True", "--max_steps=8",
-            fsize=limit)
+            f"--dtype={dtype}", fsize=limit)
     one_line(r, f"{out}: cannot write the checkpoint of step 8 (File too large)", "still holds the previous one")
     assert (out / "ckpt.pt").read_bytes() == before and not temps(out)
     r = run("prepare.py", "--input", tmp_path / "missing.txt", "--out_dir", tmp_path / "d")  # sanity: one line
     one_line(r, "no such file")
+
+
+def test_full_disk_when_a_resume_rewrites_the_model_files(tmp_path, tiny_data, reference):
+    """A resume first rewrites the model files from ckpt.pt; a disk too full for model.safetensors
+    is one line naming it, and the checkpoint and model files stay as they were."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    before = {name: (out / name).read_bytes() for name in ("ckpt.pt", "model.safetensors")}
+    r = run("train.py", *TRAIN, f"--data_dir={tiny_data}", f"--out_dir={out}", "--resume=True", "--max_steps=8",
+            fsize=os.path.getsize(out / "model.safetensors") // 2)
+    one_line(r, "train.py: error: ", "model.safetensors: File too large")
+    assert {name: (out / name).read_bytes() for name in before} == before and not temps(out)
 
 
 def test_prepare_full_disk(tmp_path, corpus_file):

@@ -97,6 +97,37 @@ def test_tokenizer_pipeline_and_embeddings(export):
     assert (h[mask.bool()] - want[mask.bool()]).abs().max() <= 1e-4
 
 
+def test_rmsnorm_export_runs_without_the_repository(export, tmp_path):
+    """The export folder stands alone: in a process whose working directory is the folder and whose
+    sys.path does not hold the repository, cmbert.py imports (torch only) and transformers loads the
+    model with the logits of cmbert."""
+    model, out = export
+    if model.cfg.norm != "rmsnorm":
+        pytest.skip("a LayerNorm export is transformers' own ModernBERT: no code travels with it")
+    ids, mask = padded_batch()
+    torch.save(dict(ids=ids, mask=mask), tmp_path / "batch.pt")
+    script = f"""
+import os, sys, torch
+assert not any(os.path.abspath(p or ".") == {ROOT!r} for p in sys.path), sys.path
+import cmbert
+assert os.path.dirname(os.path.abspath(cmbert.__file__)) == os.getcwd()
+mine = {{"errors", "files", "tokens", "model_files", "settings", "runtime", "dataset", "run_files"}} & set(sys.modules)
+assert not mine, mine
+from transformers import AutoModelForMaskedLM
+b = torch.load({str(tmp_path / "batch.pt")!r})
+hf = AutoModelForMaskedLM.from_pretrained(".", trust_remote_code=True).eval()
+with torch.no_grad():
+    torch.save(hf(input_ids=b["ids"], attention_mask=b["mask"]).logits, {str(tmp_path / "logits.pt")!r})
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", script], cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with torch.no_grad():
+        ours, _ = model(ids, mask)
+    theirs, valid = torch.load(tmp_path / "logits.pt"), mask.bool()
+    assert (ours[valid] - theirs[valid]).abs().max() <= 1e-4
+
+
 def test_sequence_classification(export):
     model, out = export
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True, num_labels=3).eval()

