@@ -11,7 +11,7 @@ from errors import Refused, script
 from files import atomic_path
 from settings import ArgParser
 
-RUN_ONLY = {"data_dir", "out_dir", "resume", "progress", "demo", "device", "eval_interval", "ckpt_interval"}
+RUN_ONLY = {"data_dir", "device", "eval_interval", "ckpt_interval"}  # where and how often, not what
 
 
 def read_log(path):

@@ -217,6 +217,11 @@ def print_plan(plan, grad_accum, world):
               f"per step, global RoPE theta {st.rope_theta:g}")
 
 
+def settings_row(cfg):
+    """The settings that define what a run trains (not where its files go, nor how it reports)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out_dir", "resume", "progress", "demo")}
+
+
 def start_log(path, step, code, config):
     """A fresh run starts log.jsonl with a row saying which code ran with which settings (plot.py
     labels runs by how their settings differ); a resumed run keeps the rows up to its checkpoint's

@@ -7,7 +7,7 @@ curriculum, a damped-cosine learning rate, and a 1,024 -> 8,192 sequence-length 
     torchrun --standalone --nproc_per_node=8 train.py config/paper_large.py
     python train.py --help                            # every setting with its default
 """
-import dataclasses, math, os, time
+import math, os, time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -374,7 +374,7 @@ def main(argv=None):
         if procs.master else None
     log_path, code = os.path.join(cfg.out_dir, "log.jsonl"), runtime.code_version()
     if procs.master:
-        run_files.start_log(log_path, step if ckpt is not None else None, code, dataclasses.asdict(cfg))
+        run_files.start_log(log_path, step if ckpt is not None else None, code, run_files.settings_row(cfg))
         if ckpt is not None:  # repair: model files newer than ckpt.pt (a kill between the two) are rewritten
             run_files.export_model(cfg, raw_model, meta)
         print(f"model: {raw_model.num_params() / 1e6:.2f}M parameters ({raw_model.num_params(False) / 1e6:.2f}M "
