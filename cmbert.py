@@ -396,15 +396,21 @@ class PreTrained(nn.Module):
         n = sum(p.numel() for p in self.parameters())  # tied decoder weight counted once
         return n if embeddings else n - self.model.embeddings.tok_embeddings.weight.numel()
 
-    def configure_optimizers(self, weight_decay, lr, betas, fused=False):
-        """AdamW; no weight decay for norms, biases and the (tied) embedding. fused=True steps all
-        parameters in one kernel (CUDA, and CPU since torch 2.4) instead of a loop over them."""
-        decay, no_decay = [], []
+    def configure_optimizers(self, weight_decay, lr, betas, fused=False, embedding_lr_scale=1.0):
+        """AdamW; no weight decay for norms, biases and the (tied) embedding. The embedding's group
+        carries lr_scale, the multiple of the scheduled learning rate it trains at: its rows are
+        updated only when their token occurs (or, tied, when the decoder scores it), so a larger
+        rate can help it keep up. fused=True steps all parameters in one kernel (CUDA, and CPU
+        since torch 2.4) instead of a loop over them."""
+        decay, no_decay, embedding = [], [], []
         for name, p in self.named_parameters():
             if p.requires_grad:
-                (decay if p.dim() >= 2 and "embeddings" not in name else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+                group = embedding if "tok_embeddings" in name else decay if p.dim() >= 2 and "embeddings" not in name else no_decay
+                group.append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+                  {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
+                  {"params": embedding, "weight_decay": 0.0, "lr_scale": embedding_lr_scale}]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, fused=fused)
 
     def flops_per_token(self, seq_len, mask_rate=0.3):
         """Training FLOPs per token (forward + backward = 3 x forward, 2 FLOPs per MAC). Local

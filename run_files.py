@@ -21,7 +21,7 @@ from tqdm import tqdm
 from errors import Refused, why
 from files import atomic_path, copy_file
 
-CKPT_FORMAT = 2  # the layout of ckpt.pt; a checkpoint without this number predates it
+CKPT_FORMAT = 3  # the layout of ckpt.pt (3: the embedding's own optimiser group); older ones are refused
 RUN_FILES = ["ckpt.pt", "model.safetensors", "config.json", "tokenizer.json", "log.jsonl", "train.png"]
 FROM_COMMAND_LINE = {"data_dir", "out_dir", "device", "resume"}  # never taken from a checkpoint
 
@@ -185,6 +185,19 @@ def describe(r, what):
             f"{r['top_acc']:.2%} ({100 * (r['acc'] - r['top_acc']):+.1f} points), {r['n']:,} positions")
 
 
+def long_labels(near, longest):
+    return {"near": f"long documents in {longest}-token windows, positions < {near}",
+            "far": f"long documents in {longest}-token windows, positions >= {near}",
+            "short": f"the same positions < {near} in {near}-token windows"}
+
+
+def penalty(scores):
+    """The long-window penalty (train.long_documents) in one line."""
+    return (f"long-window penalty {scores['near']['loss'] - scores['short']['loss']:+.3f} nats, "
+            f"{100 * (scores['near']['acc'] - scores['short']['acc']):+.1f} points of accuracy (the same "
+            f"{scores['short']['n']:,} positions in the long vs the short windows; 0 = nothing lost)")
+
+
 def log_scores(path, step, scores, what, **extra):
     """Append validation scores ({group: scores}) as one log row, with keys `<group>_<score>`
     (group "all" is logged as "val"), and print each group's line."""
@@ -193,6 +206,8 @@ def log_scores(path, step, scores, what, **extra):
                                                  for g, r in scores.items() for k, v in r.items()}))
     for g, r in scores.items():
         tqdm.write(f"step {step}: {describe(r, what[g])}")
+    if "short" in scores:
+        tqdm.write(f"step {step}: {penalty(scores)}")
 
 
 def print_plan(plan, grad_accum, world):
@@ -202,59 +217,18 @@ def print_plan(plan, grad_accum, world):
               f"per step, global RoPE theta {st.rope_theta:g}")
 
 
-def plot(log_path, out_png, switches, near):
-    """train.png: masked-only validation next to its no-context baselines, near/far positions of
-    long documents, and the schedules. Dotted verticals mark stage switches."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = [json.loads(line) for line in open(log_path)]
-    tr = [r for r in rows if "loss" in r]
-    ev = [r for r in rows if "val_loss" in r]
-    lg = [r for r in rows if "far_loss" in r]
-    fig, ax = plt.subplots(4, 1, figsize=(9, 12), sharex=True)
-    ax[0].plot([r["step"] for r in tr], [r["loss"] for r in tr], lw=0.5, color="lightgray", label="train loss (80/10/10)")
-    ax[0].plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", label="val loss, masked positions only")
-    ax[0].plot([r["step"] for r in ev], [r["val_unigram_ce"] for r in ev], ":", color="tab:orange",
-               label="train-unigram cross-entropy, same positions (no context)")
-    ax[0].set_ylabel("MLM loss (nats)")
-    ax[0].legend(loc="upper right", fontsize=8)
-    ax[1].plot([r["step"] for r in ev], [r["val_acc"] for r in ev], "s-", color="tab:green", label="val accuracy, masked positions")
-    ax[1].plot([r["step"] for r in ev], [r["val_top_acc"] for r in ev], ":", color="tab:green",
-               label="always the most frequent token, same positions")
-    ax[1].set_ylabel("accuracy")
-    ax[1].legend(loc="lower right", fontsize=8)
-    for key, color in [("near", "tab:blue"), ("far", "tab:red")]:
-        steps = [r["step"] for r in lg]
-        ax[2].plot(steps, [r[f"{key}_loss"] for r in lg], "o-", color=color, label=f"{key}: val loss")
-        ax[2].plot(steps, [r[f"{key}_unigram_ce"] for r in lg], "x:", color=color, label=f"{key}: unigram, same positions")
-    ax[2].set_ylabel("long documents")
-    ax[2].set_title(f"positions < {near} (near) and >= {near} (far) of validation documents longer than "
-                    f"{2 * near} tokens, at the last stage's length", fontsize=9)
-    if lg:
-        ax[2].legend(loc="upper right", fontsize=8)
-    ax[3].plot([r["step"] for r in tr], [r["lr"] for r in tr], color="tab:purple", label="learning rate")
-    ax[3].set_ylabel("learning rate")
-    rate = ax[3].twinx()
-    rate.plot([r["step"] for r in tr], [r["mask_rate"] for r in tr], color="tab:brown", label="masking rate")
-    rate.set_ylabel("masking rate")
-    ax[3].set_xlabel("step")
-    for s in switches:
-        for a in ax:
-            a.axvline(s, color="gray", ls=":")
-    fig.suptitle("Chinese ModernBERT pre-training (dotted: a stage begins)")
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+def settings_row(cfg):
+    """The settings that define what a run trains (not where its files go, nor how it reports)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out_dir", "resume", "progress", "demo")}
 
 
-def start_log(path, step, code):
-    """A fresh run starts log.jsonl with a row saying which code ran; a resumed run keeps the rows
-    up to its checkpoint's step (rewrite_log)."""
+def start_log(path, step, code, config):
+    """A fresh run starts log.jsonl with a row saying which code ran with which settings (plot.py
+    labels runs by how their settings differ); a resumed run keeps the rows up to its checkpoint's
+    step (rewrite_log)."""
     rewrite_log(path, step)
     if step is None:
-        append_log(path, dict(step=0, code=code))
+        append_log(path, dict(step=0, code=code, config=config))
 
 
 def print_summary(step, tokens, seconds, results, long_results, near, longest, out_dir):
@@ -263,6 +237,7 @@ def print_summary(step, tokens, seconds, results, long_results, near, longest, o
     if results:
         print("  " + describe(results["all"], f"final val, masked positions only ({near}-token windows)"))
     for g, r in (long_results or {}).items():
-        where = f"< {near}" if g == "near" else f">= {near}"
-        print("  " + describe(r, f"final long documents ({longest}-token windows), positions {where}"))
+        print("  " + describe(r, "final " + long_labels(near, longest)[g]))
+    if long_results:
+        print("  final " + penalty(long_results))
     print(f"  wrote {out_dir}/: log.jsonl, train.png, ckpt.pt, model.safetensors, config.json, tokenizer.json")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import run_files, runtime, settings
+import plot, run_files, runtime, settings
 from dataset import load as load_data
 from cmbert import ATTN_BACKENDS, NORMS, PRESETS, CMBert, config_from_preset, flash_attn_available
 from errors import Refused, script
@@ -37,15 +37,18 @@ class TrainConfig:
     max_steps: int = 448
     grad_accum: int = 1              # micro-steps per optimiser step
     # whole-word masking curriculum: linear min -> max over mask_warmup, then back to min at the end
+    whole_word: bool = True          # False: mask single tokens instead of whole-word units (an ablation)
     mask_min: float = 0.15
     mask_max: float = 0.30           # = mask_min for a constant rate
     mask_warmup: float = 0.05        # fraction of max_steps (the paper's S_w is unconfirmed)
     # damped-cosine learning rate (docs/method.md §4) after a linear warm-up
+    lr_schedule: str = "damped_cosine"  # or "cosine": one plain cosine from lr_max to lr_min (an ablation)
     lr_max: float = 2e-3
     lr_min: float = 2e-4
     warmup_steps: int = 50
     lr_cycles: int = 2               # N: cosine half-periods are 2N - 1, so it ends in a valley
     lr_damping: float = 0.5          # gamma: the peaks decay linearly to gamma * lr_max
+    embedding_lr_scale: float = 1.0  # the (tied) embedding's learning rate, as a multiple of lr
     # AdamW
     weight_decay: float = 0.01
     beta1: float = 0.9
@@ -62,6 +65,7 @@ class TrainConfig:
     max_bad_steps: int = 5           # consecutive non-finite steps before the run stops
     eval_interval: int = 100
     eval_windows: int = 16           # validation windows of the first stage's length, spread over val.bin
+    eval_long_len: int = 0           # long-document windows: 0 = the last stage's length (set it to compare a one-stage run)
     ckpt_interval: int = 100
     resume: bool = False
     demo: bool = True                # fill-mask examples at the end
@@ -86,6 +90,8 @@ def learning_rate(step, cfg):
     if step < cfg.warmup_steps:
         return cfg.lr_max * (step + 1) / cfg.warmup_steps
     p = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    if cfg.lr_schedule == "cosine":  # the ablation: no oscillation, no damping
+        return cfg.lr_min + (cfg.lr_max - cfg.lr_min) * (1 + math.cos(math.pi * p)) / 2
     peak = cfg.lr_max * (1 - (1 - cfg.lr_damping) * p)
     valley = cfg.lr_max / 2 * (1 - p) + cfg.lr_min * p
     return (peak + valley) / 2 + (peak - valley) / 2 * math.cos(math.pi * (2 * cfg.lr_cycles - 1) * p)
@@ -169,11 +175,13 @@ def whole_word_mask(ids, flags, rate, rng, meta, mask_only=False):
     return inputs, labels
 
 
-def make_batch(split_data, starts, rates, rngs, meta, T, mask_only=False):
+def make_batch(split_data, starts, rates, rngs, meta, T, mask_only=False, whole_word=True):
     """Masked (B, T) windows plus cu_seqlens: every [CLS] and every row edge starts a sequence, so
-    packed documents never attend to each other and nothing is padded."""
+    packed documents never attend to each other and nothing is padded. whole_word=False masks
+    single tokens (every token a unit of its own): the ablation of whole-word masking."""
     windows = [window(*split_data, s, T) for s in starts]
-    rows = [whole_word_mask(ids, flags, r, g, meta, mask_only) for (ids, flags), r, g in zip(windows, rates, rngs)]
+    rows = [whole_word_mask(ids, flags if whole_word else np.ones_like(flags), r, g, meta, mask_only)
+            for (ids, flags), r, g in zip(windows, rates, rngs)]
     inputs = np.stack([r[0] for r in rows])
     labels = np.stack([r[1] for r in rows])
     originals = np.concatenate([ids for ids, _ in windows])
@@ -188,7 +196,7 @@ def train_batch(data, meta, cfg, step, micro, rank, world, B, T, rate=None):
     gens = [np.random.default_rng([cfg.seed, step, (micro * world + rank) * B + i]) for i in range(B)]
     starts = [int(g.integers(0, len(ids) - T)) for g in gens]
     rate = mask_rate(step, cfg) if rate is None else rate
-    return make_batch(data["train"], starts, [rate] * B, gens, meta, T)
+    return make_batch(data["train"], starts, [rate] * B, gens, meta, T, whole_word=cfg.whole_word)
 
 
 # ------------------------------------------------------------------------------------------
@@ -218,6 +226,23 @@ def long_val_batches(data, meta, T, min_len):
         if b - a > min_len:
             yield make_batch(data["val"], [a], [VAL_RATE], [np.random.default_rng([0, a])], meta, min(T, b - a),
                              mask_only=True)
+
+
+def long_documents(model, data, meta, plan, T_long, baseline, device, autocast, theta):
+    """What the context extension buys. Every validation document longer than twice the first
+    stage's length is scored from its start in a window of the last stage's length: positions
+    before the first stage's length ("near") and from it on ("far") apart. The near positions are
+    scored once more in a window of the first stage's length ("short"): the same positions, the
+    same mask, the same visible tokens around them, only the window is shorter. near - short is
+    the long-window penalty: what a model loses on the same tokens by reading them in a longer
+    window than it trained on (before the extension), or no longer loses (after it)."""
+    T1 = plan[0].seq_len
+    windows = list(long_val_batches(data, meta, T_long, 2 * T1))
+    if not windows:
+        return {}
+    short = [(inputs[:, :T1], labels[:, :T1], torch.tensor([0, T1], dtype=torch.int32)) for inputs, labels, _ in windows]
+    scores = evaluate(model, windows, baseline, device, autocast, theta, split_at=T1)
+    return {**scores, "short": evaluate(model, short, baseline, device, autocast, theta)["all"]}
 
 
 @torch.no_grad()
@@ -323,19 +348,21 @@ def main(argv=None):
     # the model: the preset's shape, the data's vocabulary, and the last stage's length and RoPE theta
     # (the saved model is the one after the last stage; each stage passes its theta at every forward)
     plan = stages(cfg)
-    longest = max(st.seq_len for st in plan)
+    longest = max([st.seq_len for st in plan] + [cfg.eval_long_len])
     mcfg = config_from_preset(cfg.preset, vocab_size=meta["vocab_size"], norm=cfg.norm, attn_backend=cfg.attn_backend,
                               rope_theta_global=plan[-1].rope_theta, max_seq_len=longest, pad_id=meta["pad_id"],
                               cls_id=meta["cls_id"], sep_id=meta["sep_id"], mask_id=meta["mask_id"])
-    if len(data["train"][0]) <= longest:
-        raise Refused(f"{cfg.data_dir}: train.bin has {len(data['train'][0])} tokens, too few for windows of {longest}")
+    if len(data["train"][0]) <= max(st.seq_len for st in plan):
+        raise Refused(f"{cfg.data_dir}: train.bin has {len(data['train'][0])} tokens, too few for windows of "
+                      f"{max(st.seq_len for st in plan)}")
     if ckpt is not None:
         run_files.check_checkpoint_fits(ckpt, ckpt_path, mcfg, meta)
     model = CMBert(mcfg)
     logp = model.init_unigram_prior(np.bincount(data["train"][0], minlength=meta["vocab_size"]))
     baseline = (logp, int(logp.argmax()))  # validation's no-context baselines: that unigram and its top token
     model.to(procs.device)
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr_max, (cfg.beta1, cfg.beta2), fused=True)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr_max, (cfg.beta1, cfg.beta2), fused=True,
+                                           embedding_lr_scale=cfg.embedding_lr_scale)
     step = run_files.restore_checkpoint(ckpt, ckpt_path, model, optimizer) if ckpt is not None else 0
     raw_model, model = model, runtime.wrap(model, cfg.compile, procs)
     try:
@@ -347,7 +374,7 @@ def main(argv=None):
         if procs.master else None
     log_path, code = os.path.join(cfg.out_dir, "log.jsonl"), runtime.code_version()
     if procs.master:
-        run_files.start_log(log_path, step if ckpt is not None else None, code)
+        run_files.start_log(log_path, step if ckpt is not None else None, code, run_files.settings_row(cfg))
         if ckpt is not None:  # repair: model files newer than ckpt.pt (a kill between the two) are rewritten
             run_files.export_model(cfg, raw_model, meta)
         print(f"model: {raw_model.num_params() / 1e6:.2f}M parameters ({raw_model.num_params(False) / 1e6:.2f}M "
@@ -358,7 +385,7 @@ def main(argv=None):
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (procs.master and cfg.progress), unit="step",
                dynamic_ncols=True)
     t_start, tokens_seen, bad_steps, stage_now, results, long_results = time.time(), 0, 0, None, None, None
-    T_eval, B_eval, T_long = plan[0].seq_len, plan[0].batch_size, plan[-1].seq_len
+    T_eval, B_eval, T_long = plan[0].seq_len, plan[0].batch_size, cfg.eval_long_len or plan[-1].seq_len
     while step < cfg.max_steps:
         # where in the recipe we are: the stage (window length, batch, RoPE theta), learning rate, masking rate
         stage, st = stage_at(step, plan)
@@ -368,7 +395,7 @@ def main(argv=None):
         stage_now = stage
         lr, rate = learning_rate(step, cfg), mask_rate(step, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         t0 = time.time()
         # forward and backward on whole-word-masked packed windows, then clip and step (or skip a
         # non-finite step; several in a row stop the run with the last good checkpoint intact)
@@ -400,15 +427,15 @@ def main(argv=None):
                                procs.device, autocast, st.rope_theta)
             run_files.log_scores(log_path, step, results, {"all": "val (masked positions only)"})
         if any(step == s.first for s in plan[1:]) or last:  # what the context extension buys
-            long_results = evaluate(raw_model, long_val_batches(data, meta, T_long, 2 * T_eval), baseline,
-                                    procs.device, autocast, st.rope_theta, split_at=T_eval)
+            long_results = long_documents(raw_model, data, meta, plan, T_long, baseline, procs.device, autocast,
+                                          st.rope_theta)
             if long_results:
-                run_files.log_scores(log_path, step, long_results, {"near": f"long documents, positions < {T_eval}",
-                                     "far": f"long documents, positions >= {T_eval}"}, long_seq_len=T_long)
+                run_files.log_scores(log_path, step, long_results, run_files.long_labels(T_eval, T_long),
+                                     long_seq_len=T_long)
         # checkpoint: the model folder, then ckpt.pt; and the plot
         if step % cfg.ckpt_interval == 0 or last:
             run_files.save_checkpoint(cfg, raw_model, optimizer, step, mcfg, meta, code)
-            run_files.plot(log_path, os.path.join(cfg.out_dir, "train.png"), [s.first for s in plan[1:]], T_eval)
+            plot.plot_run(log_path, os.path.join(cfg.out_dir, "train.png"))
     bar.close()
     if procs.master:
         run_files.print_summary(step, tokens_seen, time.time() - t_start, results, long_results, T_eval, T_long, cfg.out_dir)

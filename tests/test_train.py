@@ -236,3 +236,101 @@ def test_a_run_prints_no_warning_and_records_its_code(tmp_path, tiny_data, dtype
     code = read_log(out)[0]["code"]
     assert len(code["source_sha256"]) == 64 and set(code) == {"commit", "dirty", "source_sha256"}
     assert torch.load(out / "ckpt.pt", weights_only=True)["code"] == code
+
+
+# ------------------------------------------------------------------------------------------
+# One switch per idea of the paper, for ablations
+
+def test_token_level_masking_masks_single_tokens_at_the_requested_rate(data):
+    """Words of three tokens each: whole-word masking takes or leaves a word whole; token-level
+    masking (--whole_word=False) takes single tokens, at the same rate."""
+    meta = dict(mask_id=4, cls_id=2, tokenizer_size=1024)
+    ids, flags = 5 + np.arange(8192) % 1000, (np.arange(8192) % 3 == 0).astype(np.uint8)
+    starts = [0, 1024, 2048, 3072]
+    unit = np.stack([np.cumsum(train.window(ids, flags, s, 1024)[1]) for s in starts])
+    for whole_word in (True, False):
+        _, labels, _ = train.make_batch((ids, flags), starts, [0.3] * 4, [np.random.default_rng(i) for i in range(4)],
+                                        meta, 1024, whole_word=whole_word)
+        masked = labels.numpy() != -100
+        assert abs(masked.mean() - 0.3) < 0.01, "the requested rate"
+        split_units = sum(len(set(masked[r][unit[r] == u])) > 1 for r in range(4) for u in np.unique(unit[r]))
+        if whole_word:
+            assert split_units == 0, "whole words are masked whole"
+        else:
+            assert split_units > 200, "token-level masking ignores the word units"
+    # validation is the same whatever the training masks: whole words at a fixed rate
+    meta, d = data
+    assert torch.equal(next(train.val_batches(d, meta, 128, 2, 2))[1], next(train.val_batches(d, meta, 128, 2, 2))[1])
+
+
+def test_cosine_schedule_equals_its_formula():
+    import math
+    cfg = train.TrainConfig(max_steps=1000, warmup_steps=100, lr_max=1e-3, lr_min=1e-5, lr_schedule="cosine")
+    for step in [100, 250, 550, 999, 1000]:
+        p = (step - 100) / 900
+        assert train.learning_rate(step, cfg) == pytest.approx(1e-5 + (1e-3 - 1e-5) * (1 + math.cos(math.pi * p)) / 2)
+    assert train.learning_rate(50, cfg) == pytest.approx(1e-3 * 51 / 100)  # the same warm-up
+    damped = train.TrainConfig(max_steps=1000, warmup_steps=100, lr_max=1e-3, lr_min=1e-5)
+    assert train.learning_rate(700, damped) != pytest.approx(train.learning_rate(700, cfg))
+
+
+def test_one_stage_never_switches(tmp_path, long_data):
+    out = tmp_path / "one"
+    r = run_train(*SMALL, f"--data_dir={long_data}", "--max_steps=4", one_stage(64, 2), "--eval_interval=2",
+                  "--ckpt_interval=4", "--dtype=float32", f"--out_dir={out}")
+    assert r.returncode == 0, r.stderr
+    rows = read_log(out)
+    assert {(x["stage"], x["seq_len"]) for x in rows if "loss" in x} == {(1, 64)} and "stage 2" not in r.stdout
+    plan = train.stages(train.TrainConfig(stages=[(0, 64, 2, 1e4)], max_steps=4))
+    assert [train.stage_at(s, plan)[0] for s in range(5)] == [0] * 5
+    assert [x["step"] for x in rows if "near_loss" in x] == [4], "long documents are scored at the end only"
+
+
+def test_embedding_trains_at_its_own_learning_rate():
+    from cmbert import CMBert, config_from_preset
+    model = CMBert(config_from_preset("tiny", n_layer=1, n_embd=32, n_head=2, intermediate_size=32, vocab_size=1024))
+    opt = model.configure_optimizers(0.01, 1e-3, (0.9, 0.98), embedding_lr_scale=4.0)
+    scale = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
+    emb = model.model.embeddings.tok_embeddings.weight
+    assert scale[id(emb)] == 4.0 and model.decoder.weight is emb
+    assert {v for k, v in scale.items() if k != id(emb)} == {1.0}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_long_window_penalty_scores_identical_positions(long_data):
+    from cmbert import CMBert, config_from_preset
+    meta, d = train.load_data(str(long_data))
+    torch.manual_seed(0)
+    model = CMBert(config_from_preset("tiny", n_layer=4, n_embd=32, n_head=2, intermediate_size=32, vocab_size=1024,
+                                      local_window=16))
+    logp = torch.log_softmax(torch.randn(1024, dtype=torch.float64), 0)
+    off = torch.autocast("cpu", enabled=False)
+    plan = train.stages(train.TrainConfig(stages=[(0, 64, 2, 1e4), (0.5, 512, 1, 8e4)]))
+    r = train.long_documents(model, d, meta, plan, 512, (logp, 7), "cpu", off, 8e4)
+    assert set(r) == {"near", "far", "short"} and r["near"]["n"] > 0
+    # the same positions: the same count, the same targets (so the same no-context baselines)
+    assert r["short"]["n"] == r["near"]["n"]
+    assert r["short"]["unigram_ce"] == r["near"]["unigram_ce"] and r["short"]["top_acc"] == r["near"]["top_acc"]
+    assert r["short"]["loss"] != r["near"]["loss"], "the longer window changes what the global layers see"
+    # with a last stage as short as the first, the two windows are the same: no penalty at all
+    same = train.stages(train.TrainConfig(stages=[(0, 64, 2, 1e4), (0.5, 64, 1, 8e4)]))
+    windows = list(train.long_val_batches(d, meta, 64, 128))
+    r = train.long_documents(model, d, meta, same, 64, (logp, 7), "cpu", off, 8e4)
+    assert r["short"]["loss"] == pytest.approx(r["near"]["loss"], abs=1e-9) and windows
+
+
+def test_compare_plot_of_two_runs(tmp_path, long_data):
+    import plot
+    common = [*SMALL, f"--data_dir={long_data}", "--max_steps=4", "--stages=[(0, 64, 2, 1e4), (0.5, 256, 1, 8e4)]",
+              "--eval_interval=2", "--ckpt_interval=4", "--dtype=float32"]
+    runs = [tmp_path / "wwm", tmp_path / "tokens"]
+    for out, flag in zip(runs, ["--whole_word=True", "--whole_word=False"]):
+        r = run_train(*common, flag, f"--out_dir={out}")
+        assert r.returncode == 0, r.stderr
+        assert (out / "train.png").stat().st_size > 10000
+    configs = [read_log(out)[0]["config"] for out in runs]
+    assert plot.labels(configs) == ["whole_word=True", "whole_word=False"]
+    plot.main([str(runs[0]), str(runs[1]), "--out", str(tmp_path / "cmp.png")])
+    assert (tmp_path / "cmp.png").stat().st_size > 10000
+    with pytest.raises(SystemExit, match="no settings row|not a readable log"):
+        plot.main([str(tmp_path), "--out", str(tmp_path / "x.png")])
