@@ -49,9 +49,9 @@ def markdown_table(results, args):
         n = len(r["seeds"])
         std = lambda key: r[key] if n > 1 else None  # noqa: E731
         final = pct(r["final"], std("final_std")) + (f" / {pct(r['final_2'], std('final_2_std'))}" if "final_2" in r else "")
-        base = r["baseline"]
-        base = "–" if base is None else f"before fine-tuning {pct(base[0])} / {pct(base[1])}" if isinstance(base, list) \
-            else f"majority class {pct(base)}"
+        base, name = r["baseline"], r.get("baseline_name", "majority class")
+        base = "–" if base is None else f"{name} {pct(base[0])} / {pct(base[1])}" if isinstance(base, list) \
+            else f"{name} {pct(base)}"
         per_seed = ", ".join(pct(s["final"]) for s in r["per_seed"])
         rows.append(f"| {task} | {r['metric']} | {n} | {final} | {pct(r['best'], std('best_std'))} | {base} | {per_seed} | "
                     f"{r['n_train']:,} / {r['n_dev']:,} | {r['seconds']:.0f}s |")
