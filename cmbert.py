@@ -494,7 +494,8 @@ class CMBert(PreTrained):
 
     def save_hf(self, out_dir, tokenizer_file=None):
         """A folder that Hugging Face transformers loads (AutoModel, AutoModelForMaskedLM,
-        AutoModelForSequenceClassification), with the complete tokenizer when tokenizer_file is given:
+        AutoModelForSequenceClassification), with the complete tokenizer when tokenizer_file is given
+        (and then also a sentence-transformers model: the encoder and cmbert's mean pooling):
         transformers' own ModernBERT for norm="layernorm"; for the paper's RMSNorm, this file and
         hf_cmbert.py travel with it (trust_remote_code=True)."""
         from model_files import save_hf

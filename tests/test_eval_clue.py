@@ -270,7 +270,13 @@ def test_simclue_contrastive_fine_tuning_separates_paraphrases(tmp_path, clue_di
     assert after > before + 0.3 and after > 0.6, (before, res["per_seed"])
     saved = res["per_seed"][0]["saved"]
     assert json.loads(open(os.path.join(saved, "task.json")).read())["model_class"] == "CMBert"
-    CMBert.from_pretrained(saved)
+    encoder = CMBert.from_pretrained(saved).model  # the export that save_hf writes, which cmbert reads back
+    # ...and a sentence-transformers model (test_hf.py loads such folders): the encoder, then mean pooling
+    modules = json.loads(open(os.path.join(saved, "modules.json")).read())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling"]
+    assert json.loads(open(os.path.join(saved, "1_Pooling", "config.json")).read())["pooling_mode_mean_tokens"]
+    assert json.loads(open(os.path.join(saved, "sentence_bert_config.json")).read())["max_seq_length"] == \
+        encoder.cfg.max_seq_len
 
 
 def test_info_nce_prefers_the_matching_positive():
