@@ -9,11 +9,12 @@ data_dir holds the official layout (afqmc_public/, tnews_public/, iflytek_public
 cmnli_public/, cluewsc2020_public/, csl_public/, simclue_public/, c3_public/ {d,m}-{train,dev}.json
 or the C3 release's c3-{d,m}-{train,dev}.json, and CMRC2018 as cmrc2018_public/{train,dev}.json or
 cmrc2018_train.json / cmrc2018_dev.json). Classification tasks report dev accuracy next to the
-majority class, C3 (multiple choice) next to chance; CMRC2018 reports F1 and EM with the official
-script's metric; SimCLUE reports the Spearman and Pearson correlation between the cosine similarity
-of the two sentence embeddings and the 0/1 label, next to the same score before fine-tuning. Every task runs
-with --seeds seeds (mean +- std and per-seed scores). Results go to <model_dir>/results_clue.json
-(or --out), rewritten after each task, and a markdown table on stdout.
+majority class, C3 (multiple choice; a batch counts questions) next to chance; CMRC2018 reports F1
+and EM with the official script's metric; SimCLUE reports the Spearman and Pearson correlation
+between the cosine similarity of the two sentence embeddings and the 0/1 label, next to the same
+score before fine-tuning. Every task runs with --seeds seeds (mean +- std and per-seed scores).
+Results go to <model_dir>/results_clue.json (or --out), rewritten after each task, and a markdown
+table on stdout.
 """
 import json, math, os, random, time
 from dataclasses import dataclass
