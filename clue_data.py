@@ -1,8 +1,8 @@
 """
 CLUE's files and metrics: the parts of evaluation that are defined by the benchmark, not by us.
-eval_clue.py fine-tunes and scores; this module reads the official JSON-lines and SQuAD-style files
-(every row checked, a bad one named by file and line), computes CMRC2018's EM and F1 exactly as its
-official evaluation script does, and the correlations SimCLUE is scored by.
+eval_clue.py fine-tunes and scores; this module reads the official JSON-lines, SQuAD-style and C3
+files (every row checked, a bad one named by file and line or item), computes CMRC2018's EM and F1
+exactly as its official evaluation script does, and the correlations SimCLUE is scored by.
 """
 import json, math, re
 
@@ -116,6 +116,43 @@ def read_cmrc(path):
                     raise Refused(f"{where}: context, question and answer texts must be strings")
                 ex["answers"] = [(a, s if context[s:s + len(a)] == a else locate(context, a, s)) for a, s in answers]
                 out.append(ex)
+    return out
+
+
+def read_c3(path):
+    """C3 (CLUE's multiple-choice reading comprehension): one JSON array whose items are
+    [[passage lines], [{"question", "choice": [texts], "answer": one of them}, ...], id]. Returns one
+    dict per question: passage (the lines joined without a separator, which is what the BERT
+    baselines read: their tokenizer drops the newline), question, choices, answer (the index of the
+    answer's first occurrence: a few released questions repeat a choice), passage_id (path, item).
+    A fault is named by file and item (items and questions counted from 0, as in the array)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except UnicodeDecodeError:
+        raise Refused(f"{path}: not UTF-8")
+    except json.JSONDecodeError as e:
+        raise Refused(f"{path}: invalid JSON at line {e.lineno} ({e.msg})")
+    if not isinstance(data, list):
+        raise Refused(f"{path}: not a C3 file (a JSON array of [passage lines, questions, id] items)")
+    texts = lambda x: isinstance(x, list) and all(isinstance(s, str) for s in x)  # noqa: E731
+    out = []
+    for i, item in enumerate(data):
+        where = f"{path}: item {i}"
+        if not (isinstance(item, list) and len(item) == 3 and texts(item[0]) and isinstance(item[1], list)):
+            raise Refused(f"{where}: not [passage lines, questions, id]")
+        where += f" ({item[2]})"
+        for j, q in enumerate(item[1]):
+            if not isinstance(q, dict) or not all(k in q for k in ("question", "choice", "answer")):
+                raise Refused(f"{where} question {j}: not an object with question, choice and answer")
+            if not isinstance(q["question"], str) or not texts(q["choice"]) or not isinstance(q["answer"], str):
+                raise Refused(f"{where} question {j}: question and answer must be texts, choice a list of texts")
+            if len(q["choice"]) < 2:
+                raise Refused(f"{where} question {j}: {len(q['choice'])} choices; a question needs at least 2")
+            if q["answer"] not in q["choice"]:
+                raise Refused(f"{where} question {j}: answer {q['answer']!r} is not among the choices")
+            out.append(dict(passage="".join(item[0]), question=q["question"], choices=q["choice"],
+                            answer=q["choice"].index(q["answer"]), passage_id=(path, i)))
     return out
 
 

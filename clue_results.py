@@ -13,12 +13,18 @@ SMALL_DEV = 1000  # a dev set smaller than this, scored with one seed, gets a wa
 
 def save_model(model, task, data, seed, args, tok_path):
     """<save>/<task>/seed<seed>/: model.safetensors + config.json (save_pretrained), tokenizer.json and
-    task.json (the model class and, for classifiers, the label list in output order). Written under a
-    temporary name, then renamed, so a directory that exists is complete."""
+    task.json (the model class and, for classifiers, the label list in output order). A model that
+    exports (the whole masked-LM model, whose encoder the retrieval probe tunes) is saved as its
+    export instead (save_hf): a folder that sentence-transformers and transformers load as it is,
+    and that from_pretrained reads back exactly. Written under a temporary name, then renamed, so a
+    directory that exists is complete."""
     final = os.path.join(args.save, task, f"seed{seed}")
     with atomic_dir(final) as tmp:
-        model.save_pretrained(tmp)
-        copy_file(tok_path, os.path.join(tmp, "tokenizer.json"))
+        if hasattr(model, "save_hf"):
+            model.save_hf(tmp, tok_path)  # with tokenizer.json
+        else:
+            model.save_pretrained(tmp)
+            copy_file(tok_path, os.path.join(tmp, "tokenizer.json"))
         write_json(os.path.join(tmp, "task.json"), dict(task=task, model_class=type(model).__name__, seed=seed,
                                                         labels=data.get("labels"), init=args.init))
     return final
@@ -49,9 +55,9 @@ def markdown_table(results, args):
         n = len(r["seeds"])
         std = lambda key: r[key] if n > 1 else None  # noqa: E731
         final = pct(r["final"], std("final_std")) + (f" / {pct(r['final_2'], std('final_2_std'))}" if "final_2" in r else "")
-        base = r["baseline"]
-        base = "–" if base is None else f"before fine-tuning {pct(base[0])} / {pct(base[1])}" if isinstance(base, list) \
-            else f"majority class {pct(base)}"
+        base, name = r["baseline"], r.get("baseline_name", "majority class")
+        base = "–" if base is None else f"{name} {pct(base[0])} / {pct(base[1])}" if isinstance(base, list) \
+            else f"{name} {pct(base)}"
         per_seed = ", ".join(pct(s["final"]) for s in r["per_seed"])
         rows.append(f"| {task} | {r['metric']} | {n} | {final} | {pct(r['best'], std('best_std'))} | {base} | {per_seed} | "
                     f"{r['n_train']:,} / {r['n_dev']:,} | {r['seconds']:.0f}s |")

@@ -1,5 +1,5 @@
 """
-Chinese ModernBERT: the encoder, its masked-LM, classification and span heads, in one file.
+Chinese ModernBERT: the encoder, its masked-LM, classification, multiple-choice and span heads, in one file.
 
 The architecture is ModernBERT's (docs/method.md §6-7) with the choices of Chinese ModernBERT
 (Zhao et al., 2025): pre-norm blocks with RMSNorm (or ModernBERT's bias-free LayerNorm), no biases
@@ -448,7 +448,7 @@ class PreTrained(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------
-# The models: masked LM (pre-training), sequence classifier and span extractor (fine-tuning)
+# The models: masked LM (pre-training), sequence classifier, multiple choice and span extractor (fine-tuning)
 
 class Head(nn.Module):
     """ModernBERT's prediction head: dense, GELU, norm (shared by the MLM and classification models)."""
@@ -500,7 +500,8 @@ class CMBert(PreTrained):
 
     def save_hf(self, out_dir, tokenizer_file=None):
         """A folder that Hugging Face transformers loads (AutoModel, AutoModelForMaskedLM,
-        AutoModelForSequenceClassification), with the complete tokenizer when tokenizer_file is given:
+        AutoModelForSequenceClassification), with the complete tokenizer when tokenizer_file is given
+        (and then also a sentence-transformers model: the encoder and cmbert's mean pooling):
         transformers' own ModernBERT for norm="layernorm"; for the paper's RMSNorm, this file and
         hf_cmbert.py travel with it (trust_remote_code=True)."""
         from model_files import save_hf
@@ -523,6 +524,29 @@ class CMBertForSequenceClassification(PreTrained):
         pooled = h[:, 0] if self.cfg.classifier_pooling == "cls" else mean_pool(h, attention_mask)
         logits = self.classifier(self.drop(self.head(pooled)))
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return logits, loss
+
+
+class CMBertForMultipleChoice(CMBertForSequenceClassification):
+    """The standard multiple-choice head (as for SWAG and RACE): each (passage, question, choice)
+    is one row, the classification head with one output scores it, and the choices of a question
+    compete in one softmax. Rows come flat, question after question, and n_choices says how many
+    belong to each question, so questions with 2, 3 and 4 choices share a batch without padding
+    choices: a question's missing slots get -inf logits, which the softmax gives probability 0."""
+    def __init__(self, cfg):
+        super().__init__(cfg, num_labels=1)
+
+    def forward(self, input_ids, attention_mask=None, labels=None, n_choices=None):
+        """input_ids (N, T): every choice of every question; n_choices: rows per question (a list
+        or CPU tensor summing to N; None = one question). Returns (logits (questions, most
+        choices), loss): labels are the index of each question's answer among its choices."""
+        score = super().forward(input_ids, attention_mask)[0].float().squeeze(-1)  # (N,)
+        n = torch.as_tensor([len(score)] if n_choices is None else n_choices, dtype=torch.long)
+        question = torch.repeat_interleave(torch.arange(len(n)), n)
+        slot = torch.arange(len(score)) - torch.repeat_interleave(n.cumsum(0) - n, n)  # place within its question
+        logits = score.new_full((len(n), int(n.max())), float("-inf"))
+        logits = logits.index_put((question.to(score.device), slot.to(score.device)), score)
+        loss = None if labels is None else F.cross_entropy(logits, labels)
         return logits, loss
 
 

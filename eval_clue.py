@@ -6,13 +6,15 @@ Fine-tune a checkpoint on the CLUE benchmark under one protocol and print a resu
     python eval_clue.py --model_dir out --data_dir clue --tasks simclue --save finetuned   # sentence embeddings
 
 data_dir holds the official layout (afqmc_public/, tnews_public/, iflytek_public/, ocnli_public/,
-cmnli_public/, cluewsc2020_public/, csl_public/, simclue_public/, and CMRC2018 as cmrc2018_public/
-{train,dev}.json or cmrc2018_train.json / cmrc2018_dev.json). Classification tasks report dev
-accuracy next to the majority class; CMRC2018 reports F1 and EM with the official script's metric;
-SimCLUE reports the Spearman and Pearson correlation between the cosine similarity of the two
-sentence embeddings and the 0/1 label, next to the same score before fine-tuning. Every task runs
-with --seeds seeds (mean +- std and per-seed scores). Results go to <model_dir>/results_clue.json
-(or --out), rewritten after each task, and a markdown table on stdout.
+cmnli_public/, cluewsc2020_public/, csl_public/, simclue_public/, c3_public/ {d,m}-{train,dev}.json
+or the C3 release's c3-{d,m}-{train,dev}.json, and CMRC2018 as cmrc2018_public/{train,dev}.json or
+cmrc2018_train.json / cmrc2018_dev.json). Classification tasks report dev accuracy next to the
+majority class, C3 (multiple choice; a batch counts questions) next to chance; CMRC2018 reports F1
+and EM with the official script's metric; SimCLUE reports the Spearman and Pearson correlation
+between the cosine similarity of the two sentence embeddings and the 0/1 label, next to the same
+score before fine-tuning. Every task runs with --seeds seeds (mean +- std and per-seed scores).
+Results go to <model_dir>/results_clue.json (or --out), rewritten after each task, and a markdown
+table on stdout.
 """
 import json, math, os, random, time
 from dataclasses import dataclass
@@ -23,10 +25,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import runtime, settings
-from clue_data import (cmrc_em, cmrc_f1, pearson, read_classification, read_cmrc, read_simclue_pairs,
+from clue_data import (cmrc_em, cmrc_f1, pearson, read_c3, read_classification, read_cmrc, read_simclue_pairs,
                        read_simclue_triples, spearman)
 from clue_results import aggregate, markdown_table, save_model
-from cmbert import CMBert, CMBertConfig, CMBertForSequenceClassification, CMBertForSpans, mean_pool
+from cmbert import (CMBert, CMBertConfig, CMBertForMultipleChoice, CMBertForSequenceClassification, CMBertForSpans,
+                    mean_pool)
 from errors import Refused, script
 from files import sha256, write_json
 from model_files import read_config
@@ -36,19 +39,27 @@ EvalError = Refused  # the name this module's callers know
 
 # Per-task defaults from the CLUE baselines: files, task kind, epochs, lr, batch, length, seeds.
 # The two tasks whose scores move most between runs (CLUEWSC2020: 304 dev rows; CSL: a small,
-# noisy task in CLUE's own reports) run three seeds unless --seeds says otherwise.
+# noisy task in CLUE's own reports) run three seeds unless --seeds says otherwise. A task's files
+# are {role: name} in its folder (default: train.json and dev.json); `alt` lists other layouts,
+# tried in order when the first one's files are not all there.
+C3_RELEASE = {f"{g}-{split}": f"c3-{g}-{split}.json" for split in ("train", "dev") for g in "dm"}
 TASKS = {
     "afqmc": dict(folder="afqmc_public", kind="pair", epochs=3, lr=2e-5, batch=32, max_len=128),
     "tnews": dict(folder="tnews_public", kind="single", epochs=3, lr=2e-5, batch=32, max_len=128),
     "iflytek": dict(folder="iflytek_public", kind="single", epochs=3, lr=2e-5, batch=32, max_len=128),
     "ocnli": dict(folder="ocnli_public", kind="pair", epochs=3, lr=2e-5, batch=32, max_len=128,
-                  train="train.50k.json"),
+                  files=dict(train="train.50k.json", dev="dev.json")),
     "cmnli": dict(folder="cmnli_public", kind="pair", epochs=2, lr=3e-5, batch=32, max_len=128),
     "cluewsc2020": dict(folder="cluewsc2020_public", kind="wsc", epochs=50, lr=2e-5, batch=8, max_len=128, seeds=3),
     "csl": dict(folder="csl_public", kind="csl", epochs=5, lr=1e-5, batch=32, max_len=256, seeds=3),
     # CLUE's own copy first, then the squad-style names of the CMRC2018 release
     "cmrc2018": dict(folder="cmrc2018_public", kind="span", epochs=2, lr=3e-5, batch=32, max_len=512,
-                     alt=[(".", "cmrc2018_train.json", "cmrc2018_dev.json")]),
+                     alt=[(".", dict(train="cmrc2018_train.json", dev="cmrc2018_dev.json"))]),
+    # multiple choice: dialogue (d-) and mixed-genre (m-) passages, in CLUE's names, then the release's;
+    # batch = questions (24 questions are ~94 rows of passage + question + choice)
+    "c3": dict(folder="c3_public", kind="choice", epochs=8, lr=2e-5, batch=24, max_len=512,
+               files={role: name[3:] for role, name in C3_RELEASE.items()},
+               alt=[("c3_public", C3_RELEASE), (".", C3_RELEASE)]),
     # the retrieval probe: contrastive fine-tuning of mean-pooled sentence embeddings (SimCSE-style)
     "simclue": dict(folder="simclue_public", kind="retrieval", epochs=1, lr=3e-5, batch=64, max_len=64),
 }
@@ -64,14 +75,12 @@ def task_settings(task, args):
 
 
 def task_paths(task, data_dir, override=None):
-    """The task's train/dev files in the first layout whose files exist (else the first layout,
-    so that the error names the files of the official one)."""
+    """The task's files ({role: path}) in the first layout whose files exist (else the first
+    layout, so that the error names the files of the official one)."""
     spec = TASKS[task]
-    layouts = [(spec["folder"], spec.get("train", "train.json"), spec.get("dev", "dev.json"))] + spec.get("alt", [])
-    options = []
-    for folder, train, dev in layouts:
-        base = override or os.path.join(data_dir, folder)
-        options.append(dict(train=os.path.join(base, train), dev=os.path.join(base, dev)))
+    layouts = [(spec["folder"], spec.get("files", dict(train="train.json", dev="dev.json")))] + spec.get("alt", [])
+    options = [{role: os.path.normpath(os.path.join(override or os.path.join(data_dir, folder), name))
+                for role, name in files.items()} for folder, files in layouts]
     return next((o for o in options if all(map(os.path.isfile, o.values()))), options[0])
 
 
@@ -209,7 +218,8 @@ def load_classification(task, paths, tok, args):
     notes = f"dropped {dropped_tr} train / {dropped_dev} dev rows labelled '-'" if dropped_tr + dropped_dev else ""
     majority = int(np.bincount(train_y.numpy(), minlength=len(labels)).argmax())
     return dict(labels=labels, train_x=train_x, train_y=train_y, dev_x=dev_x, dev_y=dev_y, notes=notes,
-                baseline=float((dev_y == majority).float().mean()), n_train=len(train), n_dev=len(dev))
+                baseline=float((dev_y == majority).float().mean()), n_train=len(train), n_dev=len(dev),
+                report=dict(labels=len(labels)))
 
 
 def run_classification(task, data, model, hp, seed, args):
@@ -232,6 +242,99 @@ def run_classification(task, data, model, hp, seed, args):
         return (float((pred.cpu() == dev_y).float().mean()),)  # one read-back per evaluation
 
     return fine_tune(model, batches, len(train_x), evaluate, hp, args, task)
+
+
+# ------------------------------------------------------------------------------------------
+# Multiple choice (C3): one row per (passage, question, choice), the choices of a question in one softmax
+
+def choice_rows(tok, questions, max_len):
+    """[CLS] passage [SEP] question [SEP] choice [SEP] for every choice of every question, question
+    after question. The question and the choice always fit: each keeps at most a quarter of
+    max_len (C3's never need more at 512), and the passage is cut at its end to the room left.
+    Returns (rows, first row of each question, choices per question, ids of the passages cut,
+    number of questions or choices cut)."""
+    enc = lambda texts: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]  # noqa: E731
+    texts = {q["passage_id"]: q["passage"] for q in questions}  # each passage encoded once
+    passage = dict(zip(texts, enc(list(texts.values()))))
+    asked = enc([q["question"] for q in questions])
+    choices = iter(enc([c for q in questions for c in q["choices"]]))
+    cap, rows, cut, capped = max_len // 4, [], set(), 0
+    for q, question in zip(questions, asked):
+        for _ in q["choices"]:
+            choice = next(choices)
+            capped += len(question) > cap or len(choice) > cap
+            room = max_len - 4 - min(len(question), cap) - min(len(choice), cap)
+            p = passage[q["passage_id"]]
+            if len(p) > room:
+                cut.add(q["passage_id"])
+            rows.append([CLS_ID] + p[:room] + [SEP_ID] + question[:cap] + [SEP_ID] + choice[:cap] + [SEP_ID])
+    n = np.array([len(q["choices"]) for q in questions])
+    return Padded(rows), np.cumsum(n) - n, n, cut, capped
+
+
+def question_rows(first, n, idx):
+    """The rows of questions idx, question after question, and their numbers of choices."""
+    k = n[idx]
+    return np.repeat(first[idx] - (np.cumsum(k) - k), k) + np.arange(k.sum()), k
+
+
+def load_choice(task, paths, tok, args):
+    """C3's dialogue and mixed-genre files read together (CLUE reports one accuracy). Chance is the
+    expected accuracy of a uniform guess on the same dev questions: the share of each question's
+    choices that are its answer (1 / number of choices, unless a choice repeats the answer)."""
+    hp = task_settings(task, args)
+    read = lambda split: nonempty(read_c3(paths[f"d-{split}"]) + read_c3(paths[f"m-{split}"]),  # noqa: E731
+                                  f"{paths[f'd-{split}']} and {paths[f'm-{split}']}", "questions")
+    train, dev = subsample(read("train"), args), read("dev")
+    tok.no_truncation()  # choice_rows cuts (another task's loader may have left truncation on)
+    train_x, train_first, train_n, cut_train, capped = choice_rows(tok, train, hp["max_len"])
+    dev_x, dev_first, dev_n, cut_dev, capped_dev = choice_rows(tok, dev, hp["max_len"])
+    answer_text = lambda q: q["choices"][q["answer"]]  # noqa: E731
+    shares = {split: (len(cut), len({q["passage_id"] for q in qs}))
+              for split, cut, qs in (("dev", cut_dev, dev), ("train", cut_train, train))}
+    notes = f"passages cut to fit {hp['max_len']} tokens: " + ", ".join(
+        f"{c:,} of {total:,} {split} ({100 * c / total:.1f}%)" for split, (c, total) in shares.items())
+    if capped + capped_dev:
+        notes += f"; {capped + capped_dev:,} rows with a question or choice cut to {hp['max_len'] // 4} tokens"
+    return dict(train_x=train_x, train_first=train_first, train_n=train_n,
+                answer=torch.tensor([q["answer"] for q in train]), dev_x=dev_x, dev_first=dev_first, dev_n=dev_n,
+                # a prediction is right when its text is the answer's (a repeated answer counts either way)
+                dev_right=torch.tensor([c == answer_text(q) for q in dev for c in q["choices"]]),
+                baseline=float(np.mean([q["choices"].count(answer_text(q)) / len(q["choices"]) for q in dev])),
+                n_train=len(train), n_dev=len(dev), notes=notes,
+                report=dict(passages_cut={split: c / total for split, (c, total) in shares.items()}))
+
+
+def longest(x, first):
+    """Each question's length: that of its longest row (what its rows pad to in a batch)."""
+    return np.maximum.reduceat(x.lengths, first)
+
+
+@torch.no_grad()
+def choice_accuracy(model, data, args):
+    """Dev accuracy, 16 questions (~60 rows) at a time, shortest first."""
+    first, n, right = data["dev_first"], data["dev_n"], data["dev_right"].to(args.device)
+    by_length, hits = np.argsort(longest(data["dev_x"], first), kind="stable"), torch.zeros((), device=args.device)
+    for i in range(0, len(by_length), 16):
+        idx = by_length[i:i + 16]
+        rows, k = question_rows(first, n, idx)
+        with args.autocast:
+            pred = model(*data["dev_x"].batch(rows, args.device), n_choices=k)[0].argmax(-1)
+        hits += right[torch.from_numpy(first[idx]).to(args.device) + pred].sum()
+    return (float(hits) / len(n),)  # one read-back per evaluation
+
+
+def run_choice(task, data, model, hp, seed, args):
+    first, n = data["train_first"], data["train_n"]
+
+    def batches(bs, epoch):
+        for idx in batch_order(longest(data["train_x"], first), bs, seed, epoch):
+            rows, k = question_rows(first, n, idx)
+            with args.autocast:
+                yield model(*data["train_x"].batch(rows, args.device), labels=data["answer"][idx].to(args.device),
+                            n_choices=k)[1]
+
+    return fine_tune(model, batches, len(n), lambda: choice_accuracy(model, data, args), hp, args, task)
 
 
 # ------------------------------------------------------------------------------------------
@@ -298,7 +401,7 @@ def load_spans(task, paths, tok, args):
     dev_w = [cmrc_windows(tok, ex, hp["max_len"], args.doc_stride) for ex in dev]
     off_edges = sum(not on_token_edges(tok, ex) for ex in dev) / len(dev)
     return dict(train=train, dev=dev, train_w=train_w, train_x=Padded([w["ids"] for w in train_w]), dev_w=dev_w,
-                baseline=None, off_edges=off_edges, n_train=len(train), n_dev=len(dev),
+                baseline=None, report=dict(dev_answers_off_token_edges=off_edges), n_train=len(train), n_dev=len(dev),
                 notes=f"{len(train_w)} training windows; {len(lost)} training questions without a locatable answer "
                       f"dropped; {100 * off_edges:.1f}% of dev questions have no "
                       f"answer on token edges (EM cannot reach them)")
@@ -411,22 +514,25 @@ class Kind:
     run: callable           # (task, data, model, hp, seed, args) -> (scores per epoch, losses)
     model: type             # the model class fine-tuned (its head)
     metric: str             # what the scores are, first (and second) of each tuple
+    baseline: str = "majority class"  # what the baseline is (the table's words for it)
     before: bool = False    # the baseline is the score before fine-tuning (else data["baseline"])
 
 
 CLASSIFY = Kind(load_classification, run_classification, CMBertForSequenceClassification, "acc")
 KINDS = {"single": CLASSIFY, "pair": CLASSIFY, "csl": CLASSIFY, "wsc": CLASSIFY,
-         "span": Kind(load_spans, run_spans, CMBertForSpans, "F1 / EM"),
-         "retrieval": Kind(load_retrieval, run_retrieval, CMBert, "Spearman / Pearson", before=True)}
+         "choice": Kind(load_choice, run_choice, CMBertForMultipleChoice, "acc", "chance"),
+         "span": Kind(load_spans, run_spans, CMBertForSpans, "F1 / EM", None),
+         "retrieval": Kind(load_retrieval, run_retrieval, CMBert, "Spearman / Pearson", "before fine-tuning",
+                           before=True)}
 
 
 def build_model(task, data, args):
     """The pre-trained weights, or (--init random) the same architecture freshly initialised.
     Retrieval fine-tunes the encoder of the full pre-trained model (CMBert), so a saved retrieval
-    model is a model directory like the one train.py writes."""
-    cls, overrides, kwargs = KINDS[TASKS[task]["kind"]].model, {}, {}
-    if cls is CMBertForSequenceClassification:
-        kwargs = dict(num_labels=len(data["labels"]))
+    model is a whole model (and, saved as an export, a sentence-transformers folder)."""
+    cls, overrides = KINDS[TASKS[task]["kind"]].model, {}
+    kwargs = dict(num_labels=len(data["labels"])) if cls is CMBertForSequenceClassification else {}
+    if issubclass(cls, CMBertForSequenceClassification):  # the classification head, also under multiple choice
         overrides = {k: v for k, v in (("classifier_pooling", args.pooling), ("classifier_dropout", args.dropout))
                      if v is not None}
     if args.init == "random":
@@ -454,11 +560,8 @@ def run_task(task, data, args, tok_path):
         del model
     out = aggregate(per_seed, kind.metric)
     out["baseline"] = per_seed[0]["before"] if kind.before else data["baseline"]  # the same for every seed
-    out.update(n_train=data["n_train"], n_dev=data["n_dev"], notes=data["notes"], settings=hp)
-    if "labels" in data:
-        out["labels"] = len(data["labels"])
-    if "off_edges" in data:
-        out["dev_answers_off_token_edges"] = data["off_edges"]
+    out.update(baseline_name=kind.baseline, n_train=data["n_train"], n_dev=data["n_dev"], notes=data["notes"],
+               settings=hp, **data.get("report", {}))  # what the task's loader measured besides the notes
     return out
 
 

@@ -81,6 +81,10 @@ class HFCMBertPreTrainedModel(PreTrainedModel):
 
 class HFCMBertModel(HFCMBertPreTrainedModel):
     """The encoder alone: last_hidden_state (B, T, n_embd), e.g. for sentence embeddings."""
+    # an export holds the masked-LM model: the encoder alone leaves its head out, by design, so
+    # loading does not report those weights as unexpected (sentence-transformers loads this class)
+    _keys_to_ignore_on_load_unexpected = [r"^head\.", r"^decoder\."]
+
     def __init__(self, config):
         super().__init__(config)
         self.model = Encoder(self.cfg)

@@ -1,7 +1,8 @@
 """
 Model folders on disk: cmbert's own (save_pretrained: model.safetensors + config.json) and
 Hugging Face exports (save_hf: transformers' ModernBERT for LayerNorm models, cmbert's code with
-trust_remote_code for RMSNorm ones), with their tokenizer files. Loading is exact or refused: a
+trust_remote_code for RMSNorm ones), with their tokenizer files and, with those, the description
+that makes the folder a sentence-transformers model. Loading is exact or refused: a
 folder whose config, weights or tokenizer do not fit is one line (BadFile, a ValueError) naming
 the file. cmbert.py's save/load methods call these; nothing here imports the lecture files.
 """
@@ -182,8 +183,9 @@ def save_hf(model, out_dir, tokenizer_file=None):
                       "AutoModelForMaskedLM": "hf_cmbert.HFCMBertForMaskedLM",
                       "AutoModelForSequenceClassification": "hf_cmbert.HFCMBertForSequenceClassification"},
             **{**asdict(cfg), "attn_backend": "auto"}, tie_word_embeddings=True, **ids)
-    if tokenizer_file:
+    if tokenizer_file:  # a sentence-transformers model needs its tokenizer: described only with one
         save_hf_tokenizer(out_dir, tokenizer_file, cfg)
+        save_sentence_transformers(out_dir, cfg)
     save_weights(model, os.path.join(out_dir, "model.safetensors"))
     write_json(os.path.join(out_dir, "config.json"), config)
 
@@ -199,3 +201,49 @@ def save_hf_tokenizer(out_dir, tokenizer_file, cfg):
         tokenizer_class="PreTrainedTokenizerFast", **HF_NAMES, model_max_length=cfg.max_seq_len,
         model_input_names=["input_ids", "attention_mask"], padding_side="right", truncation_side="right",
         clean_up_tokenization_spaces=False))
+
+
+def save_sentence_transformers(out_dir, cfg):
+    """The folder as a sentence-transformers model: module 0 is the model in this folder (its
+    encoder, through AutoModel), module 1 mean pooling over every real token, [CLS] and [SEP]
+    included: the embedding of use.py --similarity and of the SimCLUE probe. The file formats are
+    sentence-transformers' classic ones, which its versions 2 to 6 all read. trust_remote_code
+    cannot be stored here (sentence-transformers strips it), so README.md tells the user."""
+    write_json(os.path.join(out_dir, "modules.json"), [
+        dict(idx=0, name="0", path="", type="sentence_transformers.models.Transformer"),
+        dict(idx=1, name="1", path="1_Pooling", type="sentence_transformers.models.Pooling")])
+    write_json(os.path.join(out_dir, "sentence_bert_config.json"), dict(max_seq_length=cfg.max_seq_len, do_lower_case=False))
+    os.makedirs(os.path.join(out_dir, "1_Pooling"), exist_ok=True)
+    modes = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
+    write_json(os.path.join(out_dir, "1_Pooling", "config.json"), dict(
+        word_embedding_dimension=cfg.n_embd, **{f"pooling_mode_{m}": m == "mean_tokens" for m in modes},
+        include_prompt=True))
+    write_json(os.path.join(out_dir, "config_sentence_transformers.json"), dict(
+        model_type="SentenceTransformer", similarity_fn_name="cosine", prompts={}, default_prompt_name=None))
+    remote = cfg.norm == "rmsnorm"
+    write_bytes(os.path.join(out_dir, "README.md"), MODEL_CARD.format(
+        max_len=cfg.max_seq_len, arg=", trust_remote_code=True" if remote else "",
+        code="This is the RMSNorm model: its code is `cmbert.py` and `hf_cmbert.py` in this folder, so loading it "
+             "needs\n`trust_remote_code=True`." if remote else
+             "This is transformers' own ModernBERT (LayerNorm): no code of its own.").encode("utf-8"))
+
+
+MODEL_CARD = """---
+library_name: sentence-transformers
+pipeline_tag: sentence-similarity
+tags: [cmbert, fill-mask, feature-extraction, sentence-transformers]
+---
+# A cmbert (Chinese ModernBERT) model
+
+Masked-LM weights and a complete tokenizer. The sentence embedding is the mean of the encoder's last
+hidden states over every token, [CLS] and [SEP] included, for inputs of up to {max_len:,} tokens.
+{code}
+
+```python
+from sentence_transformers import SentenceTransformer
+embeddings = SentenceTransformer("path/to/this/folder"{arg}).encode(["今天天气很好。", "今天天气不错。"])
+
+from transformers import pipeline
+fill = pipeline("fill-mask", model="path/to/this/folder"{arg})
+```
+"""

@@ -4,7 +4,7 @@ Use a trained model: fill in masked words, embed and compare sentences, export t
     python use.py                                          # a few built-in examples on out/
     python use.py "北京是{中国}的首都。" "我喜欢[MASK]书。"   # fill-mask
     python use.py --similarity "今天天气很好。" "今天天气不错。" "股市大跌。"
-    python use.py --export hf_out                          # a folder for Hugging Face transformers
+    python use.py --export hf_out                          # a folder for transformers and sentence-transformers
     python use.py --model_dir out --top_k 5 --device cpu ...
 
 Two ways to mask:
@@ -166,7 +166,10 @@ def export(model, model_dir, out_dir):
           f"Use it with:\n"
           f"  from transformers import pipeline\n"
           f"  fill = pipeline('fill-mask', model={out_dir!r}{arg})\n"
-          f"  print(fill('北京是中国的[MASK]。'))")
+          f"  print(fill('北京是中国的[MASK]。'))\n"
+          f"or, for the sentence embeddings of --similarity:\n"
+          f"  from sentence_transformers import SentenceTransformer\n"
+          f"  embeddings = SentenceTransformer({out_dir!r}{arg}).encode(['今天天气很好。', '今天天气不错。'])")
 
 
 @script("use.py")

@@ -1,5 +1,5 @@
 """eval_clue.py: readers for every task's official format, encodings, CMRC2018 windows and metric,
-an end-to-end fine-tune of a tiny model, and bad input."""
+C3's multiple-choice rows, an end-to-end fine-tune of a tiny model, and bad input."""
 import argparse, json, os, shutil, subprocess, sys
 
 import pytest
@@ -23,6 +23,26 @@ PARA_TRAIN = [{"sentence1": t[i], "sentence2": t[j], "label": "1"} for t in PARA
              [{"sentence1": PARA[k][0], "sentence2": PARA[(k + 3) % 8][1], "label": "0"} for k in range(8)]
 PARA_DEV = [{"sentence1": t[0], "sentence2": t[2], "label": 1} for t in PARA] + \
            [{"sentence1": PARA[k][1], "sentence2": PARA[(k + s) % 8][2], "label": 0} for k in range(8) for s in (1, 2)]
+
+
+def c3_items(n, long_every=0):
+    """C3 items: a passage of two lines and one question of 2, 3 or 4 choices (in turn), whose answer
+    is always the same text ("对"), at a varying place; every long_every-th passage is long."""
+    items = []
+    for k in range(n):
+        m = 2 + k % 3
+        choices = [S[(k + j) % 8][:3] for j in range(m - 1)]
+        choices.insert(k % m, "对")
+        lines = [S[k % 8], S[(k + 1) % 8] * (20 if long_every and k % long_every == 0 else 1)]
+        items.append([lines, [{"question": "哪个对？", "choice": choices, "answer": "对"}], f"{k}-1"])
+    return items
+
+
+def write_c3(folder, train, dev, names="{}-{}.json"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, items in (("train", train), ("dev", dev)):
+        for g, part in (("d", items[::2]), ("m", items[1::2])):
+            (folder / names.format(g, split)).write_text(json.dumps(part, ensure_ascii=False), encoding="utf-8")
 
 
 def write_jsonl(path, rows):
@@ -66,6 +86,7 @@ def clue_dir(tmp_path_factory):
     write_jsonl(d / "simclue_public" / "dev.json", PARA_DEV)
     write_jsonl(d / "simclue_public" / "train_rank.json",
                 [{"query": a, "title": b, "neg_title": PARA[(i + 1) % len(PARA)][0]} for i, (a, b, _) in enumerate(PARA)])
+    write_c3(d / "c3_public", c3_items(12), c3_items(6))
     return d
 
 
@@ -89,6 +110,9 @@ def test_readers_for_every_task(clue_dir):
     qa = clue_data.read_cmrc(str(clue_dir / "cmrc2018_dev.json"))
     assert len(qa) == 2 and qa[0]["answers"] == [("北京", 6)]
     assert qa[1]["answers"] == [("故宫和长城", 21)], "an answer_start that is off by one is moved to the answer"
+    c3 = clue_data.read_c3(str(clue_dir / "c3_public" / "m-dev.json"))
+    assert c3[0]["passage"] == S[1] + S[2] and c3[0]["choices"] == [S[1][:3], "对", S[2][:3]] and c3[0]["answer"] == 1
+    assert [len(q["choices"]) for q in c3] == [3, 2, 4] and c3[2]["passage_id"] == (str(clue_dir / "c3_public" / "m-dev.json"), 2)
     pairs = clue_data.read_simclue_pairs(str(clue_dir / "simclue_public" / "dev.json"))
     assert pairs[0] == (PARA[0][0], PARA[0][2], 1, 1) and sum(p[2] for p in pairs) == 8
     for task in eval_clue.TASKS:
@@ -246,7 +270,13 @@ def test_simclue_contrastive_fine_tuning_separates_paraphrases(tmp_path, clue_di
     assert after > before + 0.3 and after > 0.6, (before, res["per_seed"])
     saved = res["per_seed"][0]["saved"]
     assert json.loads(open(os.path.join(saved, "task.json")).read())["model_class"] == "CMBert"
-    CMBert.from_pretrained(saved)
+    encoder = CMBert.from_pretrained(saved).model  # the export that save_hf writes, which cmbert reads back
+    # ...and a sentence-transformers model (test_hf.py loads such folders): the encoder, then mean pooling
+    modules = json.loads(open(os.path.join(saved, "modules.json")).read())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling"]
+    assert json.loads(open(os.path.join(saved, "1_Pooling", "config.json")).read())["pooling_mode_mean_tokens"]
+    assert json.loads(open(os.path.join(saved, "sentence_bert_config.json")).read())["max_seq_length"] == \
+        encoder.cfg.max_seq_len
 
 
 def test_info_nce_prefers_the_matching_positive():
@@ -269,6 +299,78 @@ def test_saved_classifier_reloads_with_the_same_logits(tmp_path, model_dir):
     assert os.path.exists(os.path.join(folder, "tokenizer.json")) and os.listdir(tmp_path / "tnews") == ["seed7"]
     eval_clue.save_model(again, "tnews", {"labels": ["100", "102", "104"]}, 7, args, str(model_dir / "tokenizer.json"))
     assert os.listdir(tmp_path / "tnews") == ["seed7"]  # replaced, no temporary left behind
+
+
+def test_c3_rows_keep_question_and_choice_and_count_cut_passages(model_dir):
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    qs = [dict(passage=S[0] * 10, question="哪个对？", choices=["对", S[1][:3]], answer=0, passage_id=("f", 0)),
+          dict(passage=S[0] * 10, question="还有呢？", choices=["不", "对", S[2][:3]], answer=1, passage_id=("f", 0)),
+          dict(passage=S[3], question="哪个对？", choices=["对", "错"], answer=0, passage_id=("f", 1))]
+    rows, first, n, cut, capped = eval_clue.choice_rows(tok, qs, 64)
+    assert list(first) == [0, 2, 5] and list(n) == [2, 3, 2] and len(rows) == 7
+    assert cut == {("f", 0)} and capped == 0  # the long passage once, though four of its rows were cut
+    enc = lambda t: tok.encode(t, add_special_tokens=False).ids  # noqa: E731
+    k = 0
+    for q in qs:
+        for c in q["choices"]:
+            ids = list(rows.ids[k, :rows.lengths[k]])
+            tail = [3] + enc(q["question"]) + [3] + enc(c) + [3]
+            assert len(ids) <= 64 and ids[0] == 2 and ids[-len(tail):] == tail  # question and choice always whole
+            assert ids[1:-len(tail)] == enc(q["passage"])[:len(ids) - 1 - len(tail)]  # the passage, cut at its end
+            k += 1
+    assert rows.lengths[5] < 64  # the short passage is whole
+    rows, *_, capped = eval_clue.choice_rows(tok, [dict(qs[2], question=S[4] * 4)], 16)
+    assert capped == 2 and rows.lengths.max() <= 16  # a question longer than a quarter of max_len is cut too
+
+
+def test_c3_fine_tunes_scores_against_chance_and_reloads_exactly(tmp_path, model_dir):
+    """Questions of 2, 3 and 4 choices whose answer is always "对": the loop learns it; chance is the
+    mean of 1 / number of choices over the dev questions; the saved model gives the same score."""
+    write_c3(tmp_path / "c3_public", c3_items(24, long_every=5), c3_items(9))
+    res = evaluate("--model_dir", model_dir, "--data_dir", tmp_path, "--tasks", "c3", "--init", "random", "--epochs", "6",
+                   "--lr", "3e-3", "--batch_size", "4", "--max_len", "128", "--dtype", "float32", "--out",
+                   tmp_path / "r.json", "--save", tmp_path / "saved")["c3"]
+    assert res["baseline"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 3) and res["baseline_name"] == "chance"
+    assert res["final"] == 1.0 and res["n_train"] == 24 and res["n_dev"] == 9, res["per_seed"]
+    assert res["passages_cut"]["train"] == pytest.approx(5 / 24) and res["passages_cut"]["dev"] == 0
+    assert "5 of 24 train (20.8%)" in res["notes"]
+    saved = res["per_seed"][0]["saved"]
+    assert json.loads(open(os.path.join(saved, "task.json")).read())["model_class"] == "CMBertForMultipleChoice"
+    from cmbert import CMBertForMultipleChoice
+    from tokenizers import Tokenizer
+    args = argparse.Namespace(epochs=None, lr=None, batch_size=None, max_len=128, seeds=None, max_train_samples=None,
+                              seed=42, device="cpu", autocast=torch.autocast("cpu", enabled=False))
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.enable_truncation(16)  # as another task's loader may leave the shared tokenizer
+    data = eval_clue.load_choice("c3", eval_clue.task_files("c3", str(tmp_path), None), tok, args)
+    assert data["report"]["passages_cut"] == res["passages_cut"]
+    again = CMBertForMultipleChoice.from_pretrained(saved).eval()
+    assert eval_clue.choice_accuracy(again, data, args)[0] == res["final"]
+    text = (tmp_path / "r.json").read_text()
+    assert "| c3 | acc | 1 | 100.00 | 100.00 | chance 36.11 |" in json.loads(text)["table"]
+
+
+def test_c3_release_names_and_bad_rows(tmp_path, model_dir):
+    write_c3(tmp_path / "release", c3_items(6), c3_items(3), names="c3-{}-{}.json")
+    paths = eval_clue.task_files("c3", str(tmp_path), str(tmp_path / "release"))
+    assert paths["m-dev"] == str(tmp_path / "release" / "c3-m-dev.json")
+    shutil.copytree(tmp_path / "release", tmp_path / "flat")  # the release's files right in --data_dir
+    assert eval_clue.task_files("c3", str(tmp_path / "flat"), None)["d-train"] == str(tmp_path / "flat" / "c3-d-train.json")
+    good = c3_items(3)
+    for k, (change, words) in enumerate([
+            (lambda q: q.update(answer="错"), "item 1 (1-1) question 0: answer '错' is not among the choices"),
+            (lambda q: q.update(choice=[]), "item 1 (1-1) question 0: 0 choices; a question needs at least 2"),
+            (lambda q: q.pop("answer"), "item 1 (1-1) question 0: not an object with question, choice and answer")]):
+        bad = json.loads(json.dumps(good))
+        change(bad[1][1][0])
+        d = tmp_path / str(k)
+        write_c3(d / "c3_public", good, good)
+        (d / "c3_public" / "m-dev.json").write_text(json.dumps(bad, ensure_ascii=False), encoding="utf-8")
+        msg = evaluate("--model_dir", model_dir, "--data_dir", d, "--tasks", "c3")
+        assert msg == f"eval_clue.py: error: {d / 'c3_public' / 'm-dev.json'}: {words}", msg
+    (d / "c3_public" / "d-train.json").write_text('{"data": []}', encoding="utf-8")
+    assert "d-train.json: not a C3 file" in evaluate("--model_dir", model_dir, "--data_dir", d, "--tasks", "c3")
 
 
 def test_clue_layout_of_cmrc2018_is_found(tmp_path, clue_dir):

@@ -145,6 +145,52 @@ def test_sequence_classification(export):
     assert (res.logits - want).abs().max() <= 1e-4 and res.loss.item() == pytest.approx(loss.item(), abs=1e-4)
 
 
+ST_SCRIPT = """
+import sys, torch
+from sentence_transformers import SentenceTransformer
+st = SentenceTransformer(sys.argv[1], trust_remote_code=True, device="cpu")
+torch.save(st.encode(sys.argv[3:], convert_to_tensor=True), sys.argv[2])
+print(st.max_seq_length, st[1].pooling_mode)
+"""
+
+
+def test_exports_are_sentence_transformers_models(tmp_path, tiny_data):
+    """SentenceTransformer(folder, trust_remote_code=True), run as a user runs it (a fresh process,
+    outside the repository), loads either export without guessing: no warning, and for RMSNorm no
+    load report. Its embeddings are use.py --similarity's to 1e-5 in fp32, on sentences of
+    different lengths encoded as one padded batch. What remains for a LayerNorm export: it loads as
+    transformers' own ModernBertModel, which lists the masked-LM head it leaves out as unexpected."""
+    pytest.importorskip("sentence_transformers")
+    import use
+    from tokenizers import Tokenizer
+    sentences = ["今天天气很好。", "股市大跌。", "他在北京大学学习计算机科学，也喜欢看电影和读小说。" * 3, "好"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    runs = {}
+    for norm in ("rmsnorm", "layernorm"):  # both at once: most of each run is importing
+        model, out = perturbed_model(norm), tmp_path / norm
+        model.save_hf(out, tiny_data / "tokenizer.json")
+        proc = subprocess.Popen([sys.executable, "-c", ST_SCRIPT, str(out), str(tmp_path / f"{norm}.pt"), *sentences],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        runs[norm] = model, out, proc
+    for norm, (model, out, proc) in runs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+        assert stdout.split() == [str(model.cfg.max_seq_len), "mean"]
+        said = [line for line in stderr.splitlines() if line.strip() and "Loading weights" not in line]  # a progress bar
+        if norm == "rmsnorm":
+            assert said == [], stderr
+        else:
+            flagged = {line.split("|")[0].strip() for line in said if "| UNEXPECTED" in line}
+            assert "ModernBertModel LOAD REPORT" in said[0] and flagged == {"head.dense.weight", "head.norm.weight", "decoder.bias"}
+            assert not any(word in line.lower() for line in said for word in ("missing", "mismatch", "warn")), stderr
+        tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+        want = torch.stack([use.embed(model, tok, s, "sentence", "cpu") for s in sentences])
+        got = torch.load(tmp_path / f"{norm}.pt")
+        assert got.dtype == torch.float32 and (got - want).abs().max() <= 1e-5
+        card = (out / "README.md").read_text(encoding="utf-8")
+        assert ('SentenceTransformer("path/to/this/folder", trust_remote_code=True)' in card) == (norm == "rmsnorm")
+
+
 # ------------------------------------------------------------------------------------------
 # from_pretrained loads exactly or refuses with one line naming the file
 

@@ -1,12 +1,13 @@
-"""cmbert.py: exact sliding window, packing, parity with transformers' ModernBERT, sparse MLM, saving."""
+"""cmbert.py: exact sliding window, packing, parity with transformers' ModernBERT, sparse MLM, the
+multiple-choice head, saving."""
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cmbert import (CMBert, CMBertConfig, CMBertForSequenceClassification, Layout, attention,
-                    config_from_preset, flash_attn_available)
+from cmbert import (CMBert, CMBertConfig, CMBertForMultipleChoice, CMBertForSequenceClassification, Layout,
+                    attention, config_from_preset, flash_attn_available)
 
 
 def small_config(**kw):
@@ -178,6 +179,41 @@ def test_no_labelled_token_gives_zero_loss_not_nan():
     loss.backward()
     assert logits.shape == (0, 512) and loss.item() == 0.0
     assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() == 0 for p in model.parameters())
+
+
+def test_multiple_choice_softmax_runs_over_each_question_alone():
+    """Questions with 2, 3 and 4 choices in one flat batch: each row of logits holds that
+    question's choices and -inf where it has none (probability 0, never picked); changing one
+    question's rows changes no other question's logits; the batch gives what each question gives
+    alone; the loss is the mean cross-entropy over the questions' own choices."""
+    torch.manual_seed(0)
+    model = CMBertForMultipleChoice(small_config()).eval()
+    n = [2, 3, 4]
+    ids = torch.randint(5, 512, (9, 12))
+    mask = torch.ones_like(ids)
+    mask[2, 7:], mask[8, 5:] = 0, 0  # rows of different lengths, padded
+    labels = torch.tensor([1, 0, 3])
+    with torch.no_grad():
+        logits, loss = model(ids, mask, labels, n_choices=n)
+        assert logits.shape == (3, 4) and torch.isinf(logits[0, 2:]).all() and torch.isinf(logits[1, 3])
+        assert torch.isfinite(logits[2]).all() and torch.isfinite(logits[0, :2]).all()
+        probs = logits.softmax(-1)
+        assert torch.allclose(probs.sum(-1), torch.ones(3)) and (probs[0, 2:] == 0).all() and probs[1, 3] == 0
+        alone = [model(ids[a:a + k], mask[a:a + k], n_choices=[k])[0][0] for a, k in ((0, 2), (2, 3), (5, 4))]
+        for q, k in enumerate(n):
+            assert torch.allclose(logits[q, :k], alone[q], atol=1e-5)
+        want = sum(F.cross_entropy(alone[q][None], labels[q:q + 1]) for q in range(3)) / 3
+        assert loss.item() == pytest.approx(want.item(), abs=1e-5)
+        other = ids.clone()
+        other[2:5] = torch.randint(5, 512, (3, 12))  # question 1's rows only
+        moved = model(other, mask, n_choices=n)[0]
+        same = lambda a, b: torch.allclose(a, b, atol=1e-6)  # noqa: E731
+        assert same(moved[0], logits[0]) and same(moved[2], logits[2]) and not same(moved[1], logits[1])
+    model.train()
+    _, loss = model(ids, mask, labels, n_choices=n)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert model.classifier.weight.shape == (1, 64)  # one linear unit scores each row
 
 
 def test_save_load_round_trip_and_classifier(tmp_path):
