@@ -33,13 +33,14 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def run(script, *args, kill_at=None, fsize=None):
+def run(script, *args, kill_at=None, fsize=None, env=None):
     """Run train.py or prepare.py as a user does; kill_at='file:before|after:n' kills it at the n-th
-    rename onto that file; fsize limits the size of any file it writes (a full disk, as EFBIG)."""
+    rename onto that file; fsize limits the size of any file it writes (a full disk, as EFBIG); env adds
+    environment variables (a launcher's)."""
     cmd = [sys.executable] + (["-c", KILLER] if kill_at else []) + [os.path.join(ROOT, script), *map(str, args)]
     limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))) if fsize else None
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, preexec_fn=limit,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": kill_at or ""})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": kill_at or "", **(env or {})})
 
 
 def one_line(r, *needles):

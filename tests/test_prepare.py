@@ -279,3 +279,43 @@ def test_a_long_document_is_streamed_in_pieces_and_survives_intact(tmp_path, mon
     if end + 156 <= len(ids):
         _, _, cu = train.make_batch(data[split], [end - 100], [0.15], [np.random.default_rng(0)], meta, 256)
         assert cu.tolist()[:2] == [0, 100] and cu[-1] == 256
+
+
+def test_parquet_and_jsonl_corpora_as_they_are(tmp_path, tiny_data):
+    """CCI3-HQ's layout (data/part_NNNNNN.jsonl, field text) and a parquet corpus with a text column
+    (read one row group at a time) give the same documents."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    docs = make_corpus(60, seed=12)
+    (tmp_path / "cci3" / "data").mkdir(parents=True)
+    for k in range(2):
+        (tmp_path / "cci3" / "data" / f"part_{k:06d}.jsonl").write_text(
+            "".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(docs[k::2])), "utf-8")
+    (tmp_path / "pq").mkdir()
+    pq.write_table(pa.table({"id": list(range(60)), "text": docs[0::2] + docs[1::2]}), tmp_path / "pq" / "000.parquet",
+                   row_group_size=7)
+    stored = {}
+    for name in ["cci3", "pq"]:
+        r = run_prepare("--input", tmp_path / name, "--out_dir", tmp_path / f"out_{name}", "--tokenizer",
+                        tiny_data / "tokenizer.json")
+        assert r.returncode == 0, r.stderr
+        stored[name] = sorted(decoded_documents(tmp_path / f"out_{name}", "train") +
+                              decoded_documents(tmp_path / f"out_{name}", "val"))
+    assert stored["cci3"] == stored["pq"] == sorted(unicodedata.normalize("NFKC", d) for d in docs)
+    r = run_prepare("--input", tmp_path / "pq", "--out_dir", tmp_path / "bad", "--text_field", "content")
+    assert r.returncode != 0 and "000.parquet: no text column 'content' (use --text_field; columns here: id, text)" in r.stderr
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    r = run_prepare("--input", tmp_path / "broken.parquet", "--out_dir", tmp_path / "bad")
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "broken.parquet: not a readable parquet" in r.stderr
+
+
+def test_a_format_2_dataset_is_replaced_only_with_overwrite(tmp_path, corpus_file):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "train.bin").write_bytes(b"\0\0")
+    (out / "meta.json").write_text(json.dumps({"format_version": 2, "settings": {"sources": [str(corpus_file)]}}))
+    r = run_prepare("--input", corpus_file, "--out_dir", out)
+    assert r.returncode != 0 and "holds a dataset of format 2 (one train.bin per split)" in r.stderr
+    assert (out / "train.bin").exists()
+    assert run_prepare("--input", corpus_file, "--out_dir", out, "--overwrite").returncode == 0
+    assert not (out / "train.bin").exists() and (out / "meta.json").exists()
