@@ -337,12 +337,14 @@ def check_size(path, size, where):
                                      f"{n} bytes, but {where} records {size} (truncated, or another dataset's shard)"))
 
 
-def collect(out, sources, tokenizer_sha256, workers=1):
+def collect(out, sources, tokenizer_sha256, vocab_size, workers=1):
     """The finalize step's checks: every input file has its done record, encoded with this tokenizer,
     and every shard it names exists and is whole: its size, then its sha256 (read in full, in
-    `workers` threads). Returns the records in input order; any fault is one line naming the file."""
+    `workers` threads). Returns the records in input order, their unigram counts summed as they are
+    read (held apart, a record's counts are megabytes of Python ints); any fault is one line naming
+    the file."""
     invalidate(out)  # an old manifest is not trusted past this point
-    records = []
+    records, counts = [], np.zeros(vocab_size, np.int64)
     for i, source in enumerate(sources):
         path = done_path(out, i)
         if not os.path.exists(path):
@@ -355,6 +357,16 @@ def collect(out, sources, tokenizer_sha256, workers=1):
         if record.get("tokenizer_sha256") != tokenizer_sha256:
             raise Refused(f"{path}: encoded with another tokenizer (sha256 {str(record.get('tokenizer_sha256'))[:12]}..., "
                           f"this dataset's is {tokenizer_sha256[:12]}...); encode {source} again")
+        try:
+            unigram = record.pop("unigram")
+            counts[np.asarray(unigram["ids"], np.int64)] += np.asarray(unigram["counts"], np.int64)
+            whole = {"stats", "document_tokens", "seconds"} <= set(record) and all(
+                {"name", "tokens", "sha256", "max_id", "max_flag"} | ({"doc_starts"} if split == "val" else set()) <= set(s)
+                for split in SPLITS for s in record["shards"][split])
+        except (KeyError, TypeError, ValueError, IndexError):
+            whole = False
+        if not whole:
+            raise Refused(f"{path}: not a done record as prepare.py writes it (damaged?); encode {source} again")
         records.append(record)
 
     def verify(s):
@@ -366,7 +378,7 @@ def collect(out, sources, tokenizer_sha256, workers=1):
                           f"its done record says {s['sha256'][:12]}... (damaged, or another dataset's shard)")
     with ThreadPoolExecutor(workers) as pool:  # hashing releases the GIL: the threads read in parallel
         list(pool.map(verify, [s for r in records for split in SPLITS for s in r["shards"][split]]))
-    return records
+    return records, counts
 
 
 def fingerprint(shards):
@@ -376,21 +388,17 @@ def fingerprint(shards):
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
-def write_manifest(out, records, kept, plan, fixed):
+def write_manifest(out, records, counts, kept, plan, fixed):
     """meta.json, last (it marks the directory complete): the totals of the done records, the shards of
     each split in input-file order (validation: those of the files in `kept`), the training unigram
     counts, and the fingerprint of the shard list."""
-    vocab_size = plan["settings"]["vocab_size"]
     val = [r for i, r in enumerate(records) if i in kept]
     total = {k: sum(r["stats"][k] for r in records) for k in records[0]["stats"]}
-    counts = np.zeros(vocab_size, np.int64)
-    for r in records:
-        counts[r["unigram"]["ids"]] += r["unigram"]["counts"]
     shards = dict(train=[s for r in records for s in r["shards"]["train"]], val=[s for r in val for s in r["shards"]["val"]])
     n_val, n_tok = sum(r["stats"]["val_documents"] for r in val), total["tokens"]
     aside = [s for i, r in enumerate(records) if i not in kept for s in r["shards"]["val"]]
     meta = dict(
-        format_version=FORMAT_VERSION, vocab_size=vocab_size, tokenizer_size=plan["tokenizer_size"], **fixed,
+        format_version=FORMAT_VERSION, vocab_size=len(counts), tokenizer_size=plan["tokenizer_size"], **fixed,
         train_tokens=sum(s["tokens"] for s in shards["train"]), val_tokens=sum(s["tokens"] for s in shards["val"]),
         documents=total["train_documents"] + n_val, train_documents=total["train_documents"], val_documents=n_val,
         characters=total["chars"], documents_read=total["documents_read"],

@@ -442,8 +442,8 @@ def cap_validation(records, max_tokens):
 def step_finalize(args, files, plan):
     """Once, after every encode: check every shard (dataset.collect), then write the manifest, the
     shards in input-file order, so that it does not depend on which machine finished first."""
-    records = dataset.collect(args.out_dir, files, plan["tokenizer_sha256"], args.workers)
-    return dataset.write_manifest(args.out_dir, records, cap_validation(records, args.max_val_tokens), plan, dict(
+    records, counts = dataset.collect(args.out_dir, files, plan["tokenizer_sha256"], args.vocab_size, args.workers)
+    return dataset.write_manifest(args.out_dir, records, counts, cap_validation(records, args.max_val_tokens), plan, dict(
         special_tokens={t: i for i, t in enumerate(SPECIAL_TOKENS)},
         pad_id=PAD_ID, unk_id=UNK_ID, cls_id=CLS_ID, sep_id=SEP_ID, mask_id=MASK_ID,
         segmenter=f"{args.segmenter} (jieba precise mode, HMM on)"))
