@@ -235,7 +235,7 @@ class FileWriter:
                 self.close(split)
 
     def close(self, split):
-        name, tmps, handles, _ = self.parts.pop(split)
+        name, tmps, handles, _ = self.parts[split]
         self.writing = name
         for h in handles:
             h.flush()
@@ -243,6 +243,7 @@ class FileWriter:
             h.close()
         for tmp, path in zip(tmps, shard_paths(self.out, name)):
             os.replace(tmp, path)
+        del self.parts[split]  # only now: until here __exit__ removes the temporary files
         self.records[split].append(scan_shard(self.out, name, self.counts if split == "train" else None,
                                               starts=split == "val"))
 
@@ -266,7 +267,7 @@ class FileWriter:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(tmp)
         if isinstance(error, OSError):
-            raise Refused(f"{shard_paths(self.out, self.writing or '?')[0]}: {why(error)}") from None
+            raise Refused(f"{error.filename or shard_paths(self.out, self.writing or '?')[0]}: {why(error)}") from None
 
 
 def peak_rss_mb():
@@ -300,7 +301,7 @@ def scan_shard(out, name, counts=None, starts=False):
     with open(flags_path, "rb") as f:
         while block := f.read(READ_TOKENS):
             h.update(block)
-            top_flag = max(top_flag, max(block))
+            top_flag = max(top_flag, int(np.frombuffer(block, np.uint8).max()))
             m += len(block)
     if m != n:
         raise Refused(f"{flags_path}: {m} flags for {n} token ids")
@@ -404,7 +405,8 @@ def write_manifest(out, records, counts, kept, plan, fixed):
         characters=total["chars"], documents_read=total["documents_read"],
         duplicates_removed=total["duplicates_removed"], duplicates_kept=total["duplicates_kept"],
         val_threshold=plan["val_threshold"], val_set_aside=dict(
-            files=len(records) - len(val), documents=total["val_documents"] - n_val, tokens=sum(s["tokens"] for s in aside)),
+            files=sum(1 for i, r in enumerate(records) if i not in kept and r["shards"]["val"]),
+            documents=total["val_documents"] - n_val, tokens=sum(s["tokens"] for s in aside)),
         document_tokens={split: dict(longest=max([r["document_tokens"][split]["longest"] for r in rs] + [0]),
                                      **{k: sum(r["document_tokens"][split][k] for r in rs) for k in ("over_1024", "over_8192")})
                          for split, rs in (("train", records), ("val", val))},

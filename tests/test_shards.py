@@ -164,3 +164,19 @@ def test_rank_and_world_from_the_launcher():
     assert settings.launcher_rank(dict(SLURM_PROCID="5", SLURM_NTASKS="16"))[:2] == (5, 16)
     with pytest.raises(SystemExit):
         settings.launcher_rank(dict(RANK="x", WORLD_SIZE="2"))
+
+
+def test_validation_capped_in_tokens(inputs, one_job, tmp_path):
+    """--max_val_tokens keeps the validation documents of whole input files up to the cap; the rest is
+    set aside, in neither split: training is exactly the uncapped dataset's."""
+    out = tmp_path / "capped"
+    prepare.main(args(inputs, out, "--max_val_tokens", "1"))
+    full, capped = (json.loads((d / "meta.json").read_text()) for d in (one_job, out))
+    assert capped["shards"]["train"] == full["shards"]["train"] and capped["unigram_counts"] == full["unigram_counts"]
+    kept = {s["name"].split("-")[1] for s in capped["shards"]["val"]}
+    assert len(kept) == 1 and capped["val_set_aside"]["files"] == 3
+    assert capped["val_tokens"] + capped["val_set_aside"]["tokens"] == full["val_tokens"]
+    assert capped["val_documents"] + capped["val_set_aside"]["documents"] == full["val_documents"]
+    meta, data = train.load_data(str(out))
+    ids, _ = split_arrays(out, "val")
+    assert np.array_equal(data["val"][0].doc_starts, np.flatnonzero(ids == prepare.CLS_ID))
