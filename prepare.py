@@ -97,9 +97,8 @@ def normalized_documents(files, fields, encoding, doc_format="line", nfkc=True, 
 # Which documents: exact duplicates and the split, decided from each document's text alone
 
 def hashed(stream, hold=0):
-    """The documents of a piece stream as (hash, characters, pieces): a 128-bit hash of the
-    normalised text, so what is remembered about a document is 16 bytes, never its text. Its pieces
-    come along only while the document is at most `hold` characters long (else None)."""
+    """The documents of a piece stream as (128-bit hash of the normalised text, characters, pieces; the
+    pieces only for a document of at most `hold` characters, else None): 16 bytes, never the text."""
     h, n, pieces = hashlib.blake2b(digest_size=16), 0, []
     for piece, last in stream:
         h.update(piece.encode("utf-8"))
@@ -114,18 +113,16 @@ def hashed(stream, hold=0):
 
 
 def share(digest, k):
-    """A number in [0, 1) from a document's hash: k=0 decides validation, k=1 the vocabulary sample
-    (independent bits of the same hash)."""
+    """A number in [0, 1) from a document's hash: k=0 decides validation, k=1 the vocabulary sample."""
     return int.from_bytes(digest[8 * k:8 * k + 8], "little") / 2**64
 
 
 def val_threshold(files, stream, val_fraction):
-    """Validation takes the documents whose hash share is below this threshold. A machine decides
-    any document alone, without seeing the rest of the corpus, and exact duplicates always land in
-    the same split, wherever they are (a copy in both splits would let validation score memorised
-    text). The threshold is --val_fraction, raised for a small corpus so that validation still gets
-    MIN_VAL_CHARS characters (at most a quarter of the documents): only the beginning of the corpus
-    is read, up to the size beyond which val_fraction alone gives that much."""
+    """Validation takes the documents whose hash share is below this threshold: any machine decides
+    any document alone, and exact duplicates land in the same split wherever they are (a copy in both
+    splits would let validation score memorised text). It is --val_fraction, raised for a small
+    corpus to give MIN_VAL_CHARS (at most a quarter of the documents): only the beginning of the
+    corpus is read, up to the size beyond which val_fraction alone gives that much."""
     limit, seen, chars = MIN_VAL_CHARS / max(val_fraction, 1e-4), set(), 0
     for digest, n, _ in hashed(stream):
         if digest not in seen:
@@ -156,13 +153,11 @@ def route_documents(stream, threshold, keep_duplicates):
 # The vocabulary: byte-level-fallback BPE with fixed special ids, from a bounded sample
 
 def vocabulary_sample(files, stream_of, threshold, args):
-    """The vocabulary's training text: distinct training documents (never validation ones), at most
-    --bpe_chars characters, spread over the files: each file gives documents from its beginning up
-    to an equal share of what is left (its share ends at the first document that does not fit), so
-    the budget of short files passes on to the rest. --bpe_fraction < 1 admits only that share of the
-    documents, chosen by their hash (the paper trained on 15%). The sample is a function of the
-    corpus and the settings, and its size and memory are bounded whatever the corpus: `tokenizers`'
-    BPE trainer is known to run out of memory on large CJK inputs."""
+    """The vocabulary's training text: distinct training documents, at most --bpe_chars characters,
+    spread over the files: each gives documents from its beginning up to an equal share of what is
+    left (up to the first that does not fit), so short files pass their budget on. --bpe_fraction < 1
+    admits that share of the documents, by hash (the paper used 15%). Deterministic, and bounded
+    whatever the corpus: `tokenizers`' BPE trainer is known to run out of memory on large CJK inputs."""
     seen, left = set(), args.bpe_chars
     for i, path in enumerate(files):
         budget, used = left / (len(files) - i), 0
@@ -391,8 +386,8 @@ def step_vocab(args, files, readers, config):
 
 def step_encode(args, files, readers, plan):
     """This machine's input files (every --world-th from --rank on), each end to end in one of --workers
-    processes, largest first; files with a done record that still holds are skipped, so a killed job
-    re-run resumes. The output of a file depends on that file alone, never on who encoded it."""
+    processes, largest first; finished files are skipped, so a killed job re-run resumes. A file's
+    output depends on that file alone, never on who encoded it."""
     mine = range(args.rank, len(files), args.world)
     todo = [i for i in mine if not dataset.finished(args.out_dir, i, files[i], plan["tokenizer_sha256"])]
     if todo:
@@ -403,8 +398,7 @@ def step_encode(args, files, readers, plan):
     jobs = [(i, files[i], readers.get(files[i]), cfg) for i in sorted(todo, key=lambda i: -os.path.getsize(files[i]))]
     with open(os.path.join(args.out_dir, "tokenizer.json"), encoding="utf-8") as f:
         tok_json = f.read()
-    bar = tqdm(total=len(jobs), desc=f"segment + encode (rank {args.rank} of {args.world})", unit=" files",
-               disable=args.quiet)
+    bar = tqdm(total=len(jobs), desc=f"encode (rank {args.rank} of {args.world})", unit=" files", disable=args.quiet)
     if args.workers == 1 or len(jobs) <= 1:
         init_worker(tok_json, args.segmenter)
         for job in jobs:
