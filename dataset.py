@@ -499,7 +499,8 @@ def load(data_dir):
         raise Refused(f"{meta_path}: lacks format_version (not written by prepare.py, or damaged)")
     if meta["format_version"] == 2:
         raise Refused(f"{meta_path}: format 2 (one train.bin per split), but this train.py reads format "
-                      f"{FORMAT_VERSION} (shards and a manifest): prepare the corpus again with this prepare.py")
+                      f"{FORMAT_VERSION} (shards and a manifest): prepare the corpus again with this prepare.py, "
+                      f"its options and --overwrite (or another --out_dir)")
     if meta["format_version"] != FORMAT_VERSION:
         raise Refused(f"{meta_path}: format_version {meta['format_version']!r}, but this train.py reads "
                       f"{FORMAT_VERSION} (run this version's prepare.py)")
