@@ -445,14 +445,34 @@ def describe(out, meta):
 class Stream:
     """A split's token ids (or word flags) as one array over its shards, in manifest order: len(s) and
     s[a:b] (a numpy array, which may span shards) are what train.py uses, as it used a memory map of
-    one file. Nothing is held open or read ahead: memory does not grow with the corpus. Every slice
-    is checked as it is read (ids inside the vocabulary, flags 0 or 1): a shard damaged after
-    prepare.py checked it is one line naming it, never a batch."""
+    one file. A slice is read with pread from the shards it spans; nothing is read ahead and at most
+    OPEN_FILES shards are held open (on a parallel filesystem an open is the costly part): memory
+    does not grow with the corpus. Every slice is checked as it is read (ids inside the vocabulary,
+    flags 0 or 1): a shard damaged after prepare.py checked it is one line naming it, never a batch."""
+    OPEN_FILES = 64
+
     def __init__(self, paths, lengths, dtype, limit, fault):
         self.paths, self.dtype, self.limit, self.fault = paths, np.dtype(dtype), limit, fault
         self.ends = np.cumsum(np.asarray(lengths, np.int64))
         self.starts = self.ends - np.asarray(lengths, np.int64)
         self.doc_starts = None  # validation: where its documents begin (from the manifest)
+        self.fds = {}  # shard index -> open file descriptor, least recently used first
+
+    def read(self, k, offset, n):
+        fd = self.fds.pop(k, None)
+        if fd is None:
+            while len(self.fds) >= self.OPEN_FILES:
+                os.close(self.fds.pop(next(iter(self.fds))))
+            fd = os.open(self.paths[k], os.O_RDONLY)
+        self.fds[k] = fd
+        size = self.dtype.itemsize
+        data = os.pread(fd, n * size, offset * size)  # shorter only at the end of the file
+        return np.frombuffer(data[:len(data) // size * size], self.dtype).copy()
+
+    def __del__(self):
+        for fd in getattr(self, "fds", {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def __len__(self):
         return int(self.ends[-1]) if len(self.ends) else 0
@@ -469,7 +489,10 @@ class Stream:
         parts, k = [], int(np.searchsorted(self.ends, a, side="right"))
         while a < b:
             n, local = int(min(b, self.ends[k]) - a), int(a - self.starts[k])
-            x = np.fromfile(self.paths[k], self.dtype, count=n, offset=local * self.dtype.itemsize)
+            try:
+                x = self.read(k, local, n)
+            except OSError as e:
+                raise Refused(f"{self.paths[k]}: cannot read it ({why(e)})")
             if len(x) != n:
                 raise Refused(f"{self.paths[k]}: ends before the {int(self.ends[k] - self.starts[k])} entries "
                               f"meta.json records (truncated?)")

@@ -142,6 +142,8 @@ def test_stream_spans_shards_and_start_up_reads_no_data(one_job, tmp_path):
         b = a + int(rng.integers(1, 900))  # up to two shard boundaries inside
         assert np.array_equal(ids[a:b], want_ids[a:b]) and np.array_equal(flags[a:b], want_flags[a:b])
     assert ids[-1] == want_ids[-1] and ids[5] == want_ids[5] and len(ids[len(ids):]) == 0
+    ids.OPEN_FILES = 3  # fewer open shards than it reads: the least recently used are closed
+    assert np.array_equal(ids[0:len(ids)], want_ids) and len(ids.fds) == 3
     starts = data["val"][0].doc_starts
     val_ids, _ = split_arrays(one_job, "val")
     assert np.array_equal(starts, np.flatnonzero(val_ids == prepare.CLS_ID)), "the index of document starts"
@@ -154,6 +156,11 @@ def test_stream_spans_shards_and_start_up_reads_no_data(one_job, tmp_path):
     with pytest.raises(SystemExit) as e:
         data["train"][0][10:20]
     assert f"shards/{shard_names(one_job, 'train')[0]}.bin: token 10 has id 65535, outside the vocabulary" in str(e.value.code)
+    last = damaged / "shards" / f"{shard_names(one_job, 'train')[-1]}.words.bin"
+    last.write_bytes(last.read_bytes()[:-5])  # truncated after start-up
+    with pytest.raises(SystemExit) as e:
+        data["train"][1][len(ids) - 20:]
+    assert f"{last}: ends before the" in str(e.value.code) and "(truncated?)" in str(e.value.code)
 
 
 def test_rank_and_world_from_the_launcher():
