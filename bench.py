@@ -41,7 +41,7 @@ def bench_prepare(args):
     print(f"{'':34s} {'seconds':>8s} {'M chars/s':>10s}")
     print(f"{'jieba.lcut, one process':34s} {t_jieba:8.2f} {n_chars / t_jieba / 1e6:10.3f}")
     print(f"{'prepare.py (vocab + seg + encode)':34s} {t_prep:8.2f} {n_chars / t_prep / 1e6:10.3f}"
-          f"   (vocabulary {meta['seconds_vocab']:.1f}s, segment+encode {meta['seconds_encode']:.1f}s)")
+          f"   (vocabulary {meta['seconds_vocab']:.1f}s, segment+encode {meta['seconds_encode']:.1f}s summed over input files)")
     print(f"pipeline / jieba speed: {t_jieba / t_prep:.2f}x")
 
 
