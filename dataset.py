@@ -185,6 +185,16 @@ def read_plan(out, settings):
     return plan
 
 
+def remove_temps(out, indices):
+    """Remove the temporary files of these input files' shards and done records (only theirs: other
+    processes may be writing their own)."""
+    shards = os.path.join(out, "shards")
+    for n in os.listdir(shards):
+        if temp_of(n) and file_index(n) in indices:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(shards, n))
+
+
 def invalidate(out):
     """The shards are about to change: remove meta.json, so nothing trusts the old manifest."""
     with contextlib.suppress(FileNotFoundError):
@@ -204,10 +214,7 @@ class FileWriter:
         self.current, self.writing = 0, None  # tokens of the document being written; the shard being written
 
     def __enter__(self):
-        shards = os.path.join(self.out, "shards")
-        for n in os.listdir(shards):  # what a killed run left of this file's shards (only this file's:
-            if temp_of(n) and file_index(n) == self.index:  # other processes may be writing theirs)
-                os.remove(os.path.join(shards, n))
+        remove_temps(self.out, {self.index})  # what a killed run left of this file's shards
         return self
 
     def write(self, split, ids, flags, last):

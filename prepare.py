@@ -410,9 +410,13 @@ def step_encode(args, files, readers, plan):
         # to use them (that is what TOKENIZERS_PARALLELISM=false means to `tokenizers`).
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(min(args.workers, len(jobs)), init_worker, (tok_json, args.segmenter)) as pool:
-            for _ in pool.imap_unordered(encode_file, jobs):
-                bar.update(1)
+        try:
+            with ctx.Pool(min(args.workers, len(jobs)), init_worker, (tok_json, args.segmenter)) as pool:
+                for _ in pool.imap_unordered(encode_file, jobs):
+                    bar.update(1)
+        except BaseException:  # the pool stopped the other workers mid-file: remove what they left
+            dataset.remove_temps(args.out_dir, set(todo))
+            raise
     bar.close()
     if not args.quiet:
         print(f"rank {args.rank} of {args.world}: encoded {len(todo)} of its {len(mine)} input files "

@@ -319,3 +319,20 @@ def test_a_format_2_dataset_is_replaced_only_with_overwrite(tmp_path, corpus_fil
     assert (out / "train.bin").exists()
     assert run_prepare("--input", corpus_file, "--out_dir", out, "--overwrite").returncode == 0
     assert not (out / "train.bin").exists() and (out / "meta.json").exists()
+
+
+def test_bad_input_found_by_a_worker_is_one_line_and_leaves_nothing(tmp_path):
+    """A bad line that only the encode step reaches (the vocabulary's sample stops before it), in one
+    of two worker processes: one line naming it, and no temporary file of either worker is left."""
+    d = tmp_path / "in"
+    d.mkdir()
+    docs = make_corpus(3000, seed=5)
+    (d / "a.txt").write_text("\n".join(docs[:2000]) + "\n", encoding="utf-8")
+    (d / "b.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs[2000:])
+                               + '{"text": oops}\n', encoding="utf-8")
+    out = tmp_path / "out"
+    r = run_prepare("--input", d, "--out_dir", out, "--workers", "2", "--bpe_chars", "1000", "--val_fraction", "0.2",
+                    "--shard_tokens", "300")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and "b.jsonl: line 1001: invalid JSON" in lines[0], r.stderr
+    assert not (out / "meta.json").exists() and not [p for p in os.listdir(out / "shards") if p.endswith(".tmp")]
