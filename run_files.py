@@ -2,7 +2,8 @@
 What a training run keeps in its output directory, and how it survives a kill, a full disk or a
 foreign file:
 
-    ckpt.pt             model, optimiser, step, settings, RNG: the state a resume continues from
+    ckpt.pt             model, optimiser, step, settings, RNG: the state a resume continues from,
+                        and the fingerprints of the tokenizer and of the dataset it continues on
     model.safetensors   the model folder (with config.json and tokenizer.json), rewritten with each
     config.json         checkpoint, always before ckpt.pt, so it is never older than ckpt.pt
     tokenizer.json
