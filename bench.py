@@ -577,7 +577,7 @@ if __name__ == "__main__":
     p.add_argument("--bench_dir", default="data/bench", help="prepare, startup: where inputs and datasets are built")
     args = p.parse_args()
     if args.what == "startup" and not args.input:
-        p.error("startup needs --input (e.g. ../shared/data/corpus --text_field title,content)")
+        p.error("startup needs --input: the corpus the datasets are made of (and --text_field for JSON)")
     args.workers_list = [int(w) for w in args.workers_list.split(",")]
     args.sizes = [int(float(x)) for x in args.sizes.split(",")]
     {"prepare": bench_prepare, "startup": bench_startup, "model": bench_model, "finetune": bench_finetune,
