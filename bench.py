@@ -2,17 +2,25 @@
 Benchmarks, each measured side by side with its reference in one run:
 
     python bench.py prepare     # prepare.py's pipeline vs plain single-process jieba.lcut
+    python bench.py prepare --input CORPUS --scale_to 1e9
+                                # the encode step with 1 and 2 workers: throughput and peak memory
+                                # per worker, on CORPUS and on CORPUS repeated to >= 1 GB, side by side
+    python bench.py startup --input CORPUS
+                                # train.py's start-up (a 2-step run) on datasets of ~10M, ~100M and
+                                # >= 2B tokens: time and peak memory against corpus size
     python bench.py model       # a CMBert training step vs transformers' ModernBertForMaskedLM
     python bench.py finetune    # a CLUE fine-tuning step (WSC-sized batch): eval_clue.py before vs now
     python bench.py masking     # whole-word masking vs transformers' DataCollatorForLanguageModeling
                                 # (needs data/default from prepare.py)
 """
-import json, os, subprocess, sys, tempfile, time
+import gzip, json, math, os, shutil, subprocess, sys, tempfile, time
 
 import torch
 
 
 def bench_prepare(args):
+    if args.input:
+        return bench_encode(args)
     import jieba
     import prepare
     files, readers = prepare.default_corpus()
@@ -33,8 +41,186 @@ def bench_prepare(args):
     print(f"{'':34s} {'seconds':>8s} {'M chars/s':>10s}")
     print(f"{'jieba.lcut, one process':34s} {t_jieba:8.2f} {n_chars / t_jieba / 1e6:10.3f}")
     print(f"{'prepare.py (vocab + seg + encode)':34s} {t_prep:8.2f} {n_chars / t_prep / 1e6:10.3f}"
-          f"   (vocabulary {meta['seconds_vocab']:.1f}s, segment+encode {meta['seconds_encode']:.1f}s)")
+          f"   (vocabulary {meta['seconds_vocab']:.1f}s, segment+encode {meta['seconds_encode']:.1f}s summed over input files)")
     print(f"pipeline / jieba speed: {t_jieba / t_prep:.2f}x")
+
+
+# ------------------------------------------------------------------------------------------
+# Data at scale: prepare.py's encode step, and train.py's start-up, against the size of the corpus
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+LAUNCHER = """
+import json, os, sys, time
+t0 = time.perf_counter()
+pid = os.fork()  # from this small process, not from bench.py: Linux carries a parent's peak memory into its child
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump(dict(code=os.waitstatus_to_exitcode(status), wall=time.perf_counter() - t0, peak_mb=usage.ru_maxrss / 1024), f)
+"""
+
+
+def run_measured(cmd, log=None):
+    """Run a command as a user does, in a fresh process. Returns (wall seconds, peak resident memory
+    in MB of the process or of the largest process it waited for (Linux's wait4), seconds until
+    `log` holds a training step's row, the output)."""
+    with tempfile.TemporaryDirectory() as tmp, open(os.path.join(tmp, "out"), "w+") as out:
+        report = os.path.join(tmp, "report.json")
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, report, *map(str, cmd)], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT)
+        first = None
+        while proc.poll() is None:
+            if log and first is None and os.path.exists(log):
+                with open(log) as f:
+                    first = time.perf_counter() - t0 if '"loss"' in f.read() else None
+            time.sleep(0.01)
+        out.seek(0)
+        text = out.read()
+        result = json.load(open(report)) if os.path.exists(report) else dict(code=proc.returncode)
+    if result["code"]:
+        sys.exit(f"bench.py: error: {' '.join(map(str, cmd))} failed:\n{text[-3000:]}")
+    return result["wall"], result["peak_mb"], first, text
+
+
+def copies_of(files, dest, n):
+    """`n` copies of the input files as symbolic links, dest/copy00000/<their paths below their
+    common folder>, ...: prepare.py reads them as n times the corpus (exact copies in other files
+    are not removed: de-duplication is within an input file)."""
+    top = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0])
+    for k in range(n):
+        for f in files:
+            link = os.path.join(dest, f"copy{k:05d}", os.path.relpath(f, top))
+            if not os.path.lexists(link):
+                os.makedirs(os.path.dirname(link), exist_ok=True)
+                os.symlink(f, link)
+    return dest
+
+
+def text_bytes(files):
+    """Bytes of text the files hold (a gzipped file: uncompressed)."""
+    total = 0
+    for f in files:
+        if f.lower().endswith(".gz"):
+            with gzip.open(f, "rb") as g:
+                while block := g.read(1 << 24):
+                    total += len(block)
+        else:
+            total += os.path.getsize(f)
+    return total
+
+
+def prepare_cmd(inputs, out, args, *more):
+    return [sys.executable, "prepare.py", "--input", inputs, "--out_dir", out, "--text_field", args.text_field,
+            "--quiet", *more]
+
+
+def bench_encode(args):
+    """The encode step alone (a vocabulary trained once beforehand), with 1 and 2 workers, on the
+    given corpus and on it repeated to >= --scale_to bytes of text: characters and tokens per second,
+    and peak memory per worker (each done record holds its worker's peak), which should not depend
+    on the size of the corpus. The two worker counts must give the same dataset (its fingerprint)."""
+    import corpus
+    root = os.path.abspath(os.path.join(args.bench_dir, "prepare"))
+    files = corpus.resolve_inputs(args.input)
+    raw = text_bytes(files)
+    runs = [("corpus", copies_of(files, os.path.join(root, "in_1"), 1), raw)]
+    if args.scale_to:
+        n = math.ceil(args.scale_to / raw)
+        runs.append((f"corpus x {n}", copies_of(files, os.path.join(root, f"in_{n}"), n), n * raw))
+    vocab = os.path.join(root, "vocab")
+    t_vocab = run_measured(prepare_cmd(runs[0][1], vocab, args, "--step", "vocab", "--overwrite"))[0]
+    tok = os.path.join(vocab, "tokenizer.json")
+    print(f"{os.cpu_count()} cores; vocabulary step on the corpus: {t_vocab:.1f} s (not in the rows below)")
+    print(f"{'input':>16s} {'text MB':>8s} {'files':>6s} {'workers':>8s} {'encode s':>9s} {'M chars/s':>10s} "
+          f"{'M tokens/s':>11s} {'peak MB/worker':>15s} {'peak MB, all':>13s} {'finalize s':>11s}")
+    for label, inputs, size in runs:
+        prints = set()
+        for w in args.workers_list:
+            out = os.path.join(root, f"out_{label.replace(' ', '')}_w{w}")
+            run_measured(prepare_cmd(inputs, out, args, "--step", "vocab", "--tokenizer", tok, "--overwrite"))
+            wall, peak, _, _ = run_measured(prepare_cmd(inputs, out, args, "--step", "encode", "--tokenizer", tok,
+                                                        "--workers", w, "--world", 1))
+            done = [json.load(open(os.path.join(out, "shards", f))) for f in sorted(os.listdir(os.path.join(out, "shards")))
+                    if f.startswith("done-")]
+            t_final = run_measured(prepare_cmd(inputs, out, args, "--step", "finalize", "--tokenizer", tok, "--workers", w))[0]
+            prints.add(json.load(open(os.path.join(out, "meta.json")))["fingerprint"])
+            chars, tokens = (sum(d["stats"][k] for d in done) for k in ("chars", "tokens"))
+            print(f"{label:>16s} {size / 1e6:8.0f} {len(done):6d} {w:8d} {wall:9.1f} {chars / wall / 1e6:10.3f} "
+                  f"{tokens / wall / 1e6:11.3f} {max(d['peak_rss_mb'] for d in done):15,.0f} {peak:13,.0f} {t_final:11.1f}")
+            shutil.rmtree(out)
+        if len(prints) != 1:
+            sys.exit(f"bench.py: error: {label}: the worker counts gave different datasets")
+
+
+def scaled_dataset(base, copies, args, root, files):
+    """A real dataset of `copies` times the base corpus: the vocabulary step on the copied inputs (the
+    base's tokenizer, validation capped at the base's size so that validation costs the same at
+    every size), each input file's shards and done record copied from the base's encoding of the
+    same file (byte for byte what the encode step writes for it: one file's output depends on that
+    file alone), then the real finalize step, which reads every shard and checks its sha256."""
+    out = os.path.join(root, f"x{copies}")
+    if os.path.exists(os.path.join(out, "meta.json")):
+        return out  # built, and checked by its finalize step, before
+    inputs = copies_of(files, os.path.join(root, f"inputs_{copies}"), copies)
+    base_meta = json.load(open(os.path.join(base, "meta.json")))
+    opts = ["--tokenizer", os.path.join(base, "tokenizer.json"), "--max_val_tokens", base_meta["val_tokens"]]
+    run_measured(prepare_cmd(inputs, out, args, "--step", "vocab", "--overwrite", *opts))
+    plan, base_plan = (json.load(open(os.path.join(d, "plan.json"))) for d in (out, base))
+    if plan["val_threshold"] != base_plan["val_threshold"]:
+        sys.exit("bench.py: error: the copies would be split differently from the base corpus")
+    base_dir = os.path.join(root, "inputs_1", "copy00000")
+    base_index = {os.path.relpath(s, base_dir): i for i, s in enumerate(base_plan["settings"]["sources"])}
+    for i, source in enumerate(plan["settings"]["sources"]):
+        rel = os.path.relpath(source, inputs).split(os.sep, 1)[1]  # below copyNNNNN/
+        j = base_index[rel]
+        record = json.load(open(os.path.join(base, "shards", f"done-{j:06d}.json")))
+        for split in ("train", "val"):
+            for s in record["shards"][split]:
+                name = s["name"].replace(f"-{j:06d}-", f"-{i:06d}-")
+                for ext in (".bin", ".words.bin"):
+                    shutil.copyfile(os.path.join(base, "shards", s["name"] + ext), os.path.join(out, "shards", name + ext))
+                s["name"] = name
+        stat = os.stat(source)
+        record.update(input=source, input_size=stat.st_size, input_mtime_ns=stat.st_mtime_ns)
+        with open(os.path.join(out, "shards", f"done-{i:06d}.json"), "w") as f:
+            json.dump(record, f)
+    run_measured(prepare_cmd(inputs, out, args, "--step", "finalize", *opts))
+    return out
+
+
+def bench_startup(args):
+    """train.py's start-up against corpus size: the base corpus prepared for real, then datasets of
+    about each of --sizes training tokens made of copies of it (scaled_dataset). Each is timed in a
+    fresh process: a 2-step run (one stage of 2 x 1,024 tokens, 2 validation windows, no compile, no
+    demo), its time to the first step, its wall time and its peak resident memory."""
+    import corpus
+    root = os.path.abspath(os.path.join(args.bench_dir, "startup"))
+    files = corpus.resolve_inputs(args.input)
+    base = os.path.join(root, "x1")
+    if not os.path.exists(os.path.join(base, "meta.json")):
+        inputs = copies_of(files, os.path.join(root, "inputs_1"), 1)
+        run_measured(prepare_cmd(inputs, base, args, "--overwrite", "--workers", args.workers))
+    base_tokens = json.load(open(os.path.join(base, "meta.json")))["train_tokens"]
+    print(f"base corpus: {base_tokens:,} training tokens; {os.cpu_count()} cores")
+    print(f"{'dataset':>10s} {'train tokens':>15s} {'shards':>7s} {'on disk GB':>11s} {'first step s':>13s} "
+          f"{'2-step run s':>13s} {'peak RSS MB':>12s}")
+    for size in args.sizes:
+        copies = max(1, math.ceil(size / base_tokens))
+        data = base if copies == 1 else scaled_dataset(base, copies, args, root, files)
+        meta = json.load(open(os.path.join(data, "meta.json")))
+        out = os.path.join(root, "run")
+        shutil.rmtree(out, ignore_errors=True)
+        wall, peak, first, _ = run_measured(
+            [sys.executable, "train.py", f"--data_dir={data}", f"--out_dir={out}", "--max_steps=2",
+             "--stages=[(0, 1024, 2, 8e4)]", "--eval_windows=2", "--compile=False", "--demo=False", "--progress=False"],
+            log=os.path.join(out, "log.jsonl"))
+        disk = sum(os.path.getsize(os.path.join(data, "shards", f)) for f in os.listdir(os.path.join(data, "shards")))
+        print(f"{f'x {copies}':>10s} {meta['train_tokens']:15,d} {len(meta['shards']['train']) + len(meta['shards']['val']):7d} "
+              f"{disk / 1e9:11.2f} {first or float('nan'):13.1f} {wall:13.1f} {peak:12,.0f}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -378,10 +564,21 @@ if __name__ == "__main__":
         sys.exit()
     from settings import ArgParser
     p = ArgParser("bench.py", __doc__, epilog=__doc__.strip().split("\n\n", 1)[1])
-    p.add_argument("what", choices=["prepare", "model", "finetune", "masking"])
+    p.add_argument("what", choices=["prepare", "startup", "model", "finetune", "masking"])
     p.add_argument("--data_dir", default="data/default")
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--steps", type=int, default=5, help="timed training steps per model and shape")
     p.add_argument("--only", default="", help="model: GPU rows whose label contains one of these (comma-separated)")
+    p.add_argument("--input", nargs="+", help="prepare, startup: the corpus (files, directories or globs)")
+    p.add_argument("--text_field", default="text", help="prepare, startup: prepare.py's --text_field")
+    p.add_argument("--scale_to", type=float, help="prepare: also the corpus repeated to at least this many bytes of text")
+    p.add_argument("--workers_list", default="1,2", help="prepare: worker counts of the encode step")
+    p.add_argument("--sizes", default="1e7,1e8,2e9", help="startup: training tokens of the datasets (about)")
+    p.add_argument("--bench_dir", default="data/bench", help="prepare, startup: where inputs and datasets are built")
     args = p.parse_args()
-    {"prepare": bench_prepare, "model": bench_model, "finetune": bench_finetune, "masking": bench_masking}[args.what](args)
+    if args.what == "startup" and not args.input:
+        p.error("startup needs --input: the corpus the datasets are made of (and --text_field for JSON)")
+    args.workers_list = [int(w) for w in args.workers_list.split(",")]
+    args.sizes = [int(float(x)) for x in args.sizes.split(",")]
+    {"prepare": bench_prepare, "startup": bench_startup, "model": bench_model, "finetune": bench_finetune,
+     "masking": bench_masking}[args.what](args)

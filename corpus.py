@@ -1,7 +1,8 @@
 """
 Reading a corpus: files, directories and globs of .txt / .jsonl / .json / .parquet, optionally
 gzipped, as a stream of documents in a fixed order, in bounded memory (a line of any length arrives
-in parts). Bad input is one line naming the file and the line or byte offset.
+in parts; parquet is read one row group at a time; a .json array is the one format read whole). Bad
+input is one line naming the file and the line or byte offset.
 """
 import codecs, glob, gzip, json, os
 
@@ -151,10 +152,21 @@ def blank_line_documents(lines):
 
 
 def read_parquet(path, fields):
+    """One document per row (its text fields joined by newlines), read one row group at a time, so
+    memory holds one row group of the text columns, never the file."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise Refused(f"{path}: reading parquet needs pyarrow (pip install pyarrow)")
-    for batch in pq.ParquetFile(path).iter_batches(columns=fields):
-        cols = [batch.column(k).to_pylist() for k in fields]
+    try:
+        f = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow's own exception types
+        raise Refused(f"{path}: not a readable parquet file ({(str(e).strip().splitlines() or [type(e).__name__])[0][:80]})")
+    names = f.schema_arrow.names
+    missing = [k for k in fields if k not in names]
+    if missing:
+        raise Refused(f"{path}: no text column {missing[0]!r} (use --text_field; columns here: {', '.join(names) or 'none'})")
+    for g in range(f.num_row_groups):
+        group = f.read_row_group(g, columns=fields)
+        cols = [group.column(k).to_pylist() for k in fields]
         yield from (("\n".join(str(v) for v in row if v is not None), True) for row in zip(*cols))

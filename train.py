@@ -221,7 +221,7 @@ def long_val_batches(data, meta, T, min_len):
     """One window of up to T tokens from the start of every validation document longer than
     min_len, so a token's RoPE position is its position in its document."""
     ids = data["val"][0]
-    cls = np.flatnonzero(np.asarray(ids) == meta["cls_id"]).tolist() + [len(ids)]
+    cls = ids.doc_starts.tolist() + [len(ids)]  # where documents begin: prepare.py's index, not a scan of val
     for a, b in zip(cls[:-1], cls[1:]):
         if b - a > min_len:
             yield make_batch(data["val"], [a], [VAL_RATE], [np.random.default_rng([0, a])], meta, min(T, b - a),
@@ -353,12 +353,12 @@ def main(argv=None):
                               rope_theta_global=plan[-1].rope_theta, max_seq_len=longest, pad_id=meta["pad_id"],
                               cls_id=meta["cls_id"], sep_id=meta["sep_id"], mask_id=meta["mask_id"])
     if len(data["train"][0]) <= max(st.seq_len for st in plan):
-        raise Refused(f"{cfg.data_dir}: train.bin has {len(data['train'][0])} tokens, too few for windows of "
+        raise Refused(f"{cfg.data_dir}: the training split has {len(data['train'][0])} tokens, too few for windows of "
                       f"{max(st.seq_len for st in plan)}")
     if ckpt is not None:
         run_files.check_checkpoint_fits(ckpt, ckpt_path, mcfg, meta)
     model = CMBert(mcfg)
-    logp = model.init_unigram_prior(np.bincount(data["train"][0], minlength=meta["vocab_size"]))
+    logp = model.init_unigram_prior(np.asarray(meta["unigram_counts"], np.int64))  # counted by prepare.py
     baseline = (logp, int(logp.argmax()))  # validation's no-context baselines: that unigram and its top token
     model.to(procs.device)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr_max, (cfg.beta1, cfg.beta2), fused=True,

@@ -1,6 +1,7 @@
 """Shared fixtures: a small Chinese corpus written by the tests themselves, prepared once."""
-import os, random, sys
+import json, os, random, sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,6 +17,19 @@ SENTENCES = [
     "春节期间，很多人回家和家人团聚。", "科学家发现了一种新的治疗方法。", "这部手机的电池续航时间很长。",
     "城市交通拥堵的问题越来越严重。", "他们计划明年去上海旅游。", "图书馆里有很多珍贵的古籍。",
 ]
+
+
+def shard_names(out, split):
+    """The shards of a split, in the manifest's order."""
+    return [s["name"] for s in json.loads((out / "meta.json").read_text())["shards"][split]]
+
+
+def split_arrays(out, split="train"):
+    """A split's token ids and word flags as one stream: its shards in manifest order, concatenated
+    (what train.py reads as one array)."""
+    names = shard_names(out, split)
+    return (np.concatenate([np.fromfile(out / "shards" / f"{n}.bin", "<u2") for n in names]),
+            np.concatenate([np.fromfile(out / "shards" / f"{n}.words.bin", np.uint8) for n in names]))
 
 
 def make_corpus(n_docs, seed=0):

@@ -6,7 +6,7 @@ import glob, hashlib, json, os, resource, shutil, signal, subprocess, sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, make_corpus
+from conftest import ROOT, make_corpus, shard_names
 
 import prepare
 import run_files
@@ -33,13 +33,14 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def run(script, *args, kill_at=None, fsize=None):
+def run(script, *args, kill_at=None, fsize=None, env=None):
     """Run train.py or prepare.py as a user does; kill_at='file:before|after:n' kills it at the n-th
-    rename onto that file; fsize limits the size of any file it writes (a full disk, as EFBIG)."""
+    rename onto that file; fsize limits the size of any file it writes (a full disk, as EFBIG); env adds
+    environment variables (a launcher's)."""
     cmd = [sys.executable] + (["-c", KILLER] if kill_at else []) + [os.path.join(ROOT, script), *map(str, args)]
     limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))) if fsize else None
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, preexec_fn=limit,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": kill_at or ""})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": kill_at or "", **(env or {})})
 
 
 def one_line(r, *needles):
@@ -72,7 +73,7 @@ def same_weights(a, b):
 
 
 def temps(d):
-    return glob.glob(os.path.join(d, ".*.tmp"))
+    return glob.glob(os.path.join(d, ".*.tmp")) + glob.glob(os.path.join(d, "shards", ".*.tmp"))
 
 
 @pytest.fixture(scope="module")
@@ -167,11 +168,12 @@ def test_kill_during_prepare_renames(tmp_path, corpus_file):
     victim.write_text("keep")
     for name in [".train.bin.tmp", ".tokenizer.json.tmp", ".meta.json.tmp"]:
         os.symlink(victim, out / name)  # links at the temporary names older versions used are not followed
-    r = run("prepare.py", *args, kill_at="val.bin:after:1")
+    r = run("prepare.py", *args, kill_at="val-000000-0000.bin:after:1")
     assert r.returncode == -signal.SIGKILL
-    assert (out / "train.bin").exists() and not (out / "meta.json").exists()
+    assert (out / "shards" / "train-000000-0000.bin").exists() and not (out / "meta.json").exists()
+    assert not (out / "shards" / "done-000000.json").exists() and temps(out), "killed with the flags file unrenamed"
     refused(lambda: train.load_data(str(out)), "no meta.json")  # an incomplete directory is never trusted
-    r = run("prepare.py", *args)  # its own partial output: rebuilt without --overwrite
+    r = run("prepare.py", *args)  # its own partial output: resumed without --overwrite
     assert r.returncode == 0, r.stderr
     assert (out / "meta.json").exists() and not temps(out) and victim.read_text() == "keep"
     train.load_data(str(out))
@@ -214,7 +216,7 @@ def test_crafted_checkpoint_runs_no_code(tmp_path, tiny_data):
     assert marker.exists()
 
 
-def ckpt_cases(ref, other_data):
+def ckpt_cases(ref, other_data, same_tokenizer_data):
     good = (ref / "ckpt.pt").read_bytes()
 
     def edit(**changes):
@@ -241,6 +243,9 @@ def ckpt_cases(ref, other_data):
         ("another preset", lambda p: p.write_bytes(good), ["--preset=base"], "a checkpoint of another model (n_layer=4"),
         ("another norm", lambda p: p.write_bytes(good), ["--norm=layernorm"], "another model (norm='rmsnorm'"),
         ("another dataset", lambda p: p.write_bytes(good), [f"--data_dir={other_data}"], "trained with another tokenizer"),
+        ("another shard list, same tokenizer", lambda p: p.write_bytes(good), [f"--data_dir={same_tokenizer_data}"],
+         "trained on another dataset (its fingerprint"),
+        ("no dataset fingerprint", edit(dataset_fingerprint=None), [], "lacks dataset_fingerprint"),
     ]
 
 
@@ -254,9 +259,20 @@ def other_data(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("case", range(11))
-def test_corrupt_or_foreign_checkpoint(tmp_path, tiny_data, reference, other_data, case):
-    name, write, extra, message = ckpt_cases(reference, other_data)[case]
+@pytest.fixture(scope="module")
+def same_tokenizer_data(tmp_path_factory, tiny_data):
+    """Other shards with the tiny dataset's very tokenizer: only the dataset fingerprint tells them apart."""
+    src = tmp_path_factory.mktemp("same_tok") / "c.txt"
+    src.write_text("\n".join(make_corpus(300, seed=11)), encoding="utf-8")
+    out = src.parent / "data"
+    prepare.main(["--input", str(src), "--out_dir", str(out), "--vocab_size", "1024", "--quiet", "--workers", "1",
+                  "--tokenizer", str(tiny_data / "tokenizer.json")])
+    return out
+
+
+@pytest.mark.parametrize("case", range(13))
+def test_corrupt_or_foreign_checkpoint(tmp_path, tiny_data, reference, other_data, same_tokenizer_data, case):
+    name, write, extra, message = ckpt_cases(reference, other_data, same_tokenizer_data)[case]
     out = tmp_path / "out"
     out.mkdir()
     write(out / "ckpt.pt")
@@ -278,21 +294,31 @@ def data_cases(src, other):
             m = json.loads((d / "meta.json").read_text())
             (d / "meta.json").write_text(json.dumps(f(m)))
         return g
-    ids = np.fromfile(src / "train.bin", "<u2")
-    high = ids.copy()
+    train0, val0 = (f"shards/{shard_names(src, split)[0]}" for split in ("train", "val"))
+    ids = np.fromfile(src / f"{train0}.bin", "<u2")
+    high = np.fromfile(src / f"{val0}.bin", "<u2")
     high[5] = 1500
     return [
-        ("train.bin empty", bin_("train.bin", b""), "train.bin: empty"),
-        ("train.bin odd size", bin_("train.bin", ids.tobytes()[:-1]), "not a whole number of 2-byte entries"),
-        ("train.bin missing", lambda d: os.remove(d / "train.bin"), "train.bin: missing"),
-        ("ids outside the vocabulary", bin_("train.bin", high.tobytes()), "token 5 has id 1500, outside the vocabulary"),
-        ("train.bin shorter", bin_("train.bin", ids[:-2].tobytes()), "do not match meta.json"),
-        ("word flags not 0/1", bin_("val.words.bin", b"\x07" * os.path.getsize(src / "val.words.bin")), "is not 0 or 1"),
+        ("train shard empty", bin_(f"{train0}.bin", b""), f"{train0}.bin: empty"),
+        ("train shard odd size", bin_(f"{train0}.bin", ids.tobytes()[:-1]), "not a whole number of 2-byte entries"),
+        ("train shard missing", lambda d: os.remove(d / f"{train0}.bin"), f"{train0}.bin: missing"),
+        # found when read: start-up checks sizes and the manifest, not every byte (validation reads it at the end)
+        ("ids outside the vocabulary", bin_(f"{val0}.bin", high.tobytes()),
+         f"{val0}.bin: token 5 has id 1500, outside the vocabulary"),
+        ("train shard shorter", bin_(f"{train0}.bin", ids[:-2].tobytes()), f"{train0}.bin: {2 * len(ids) - 4} bytes, but meta.json records"),
+        ("another dataset's shard", lambda d: shutil.copy(other / f"{train0}.bin", d / f"{train0}.bin"),
+         f"{train0}.bin: ", "another dataset's shard"),
+        ("word flags not 0/1", bin_(f"{val0}.words.bin", b"\x07" * os.path.getsize(src / f"{val0}.words.bin")),
+         f"{val0}.words.bin: entry 0 is not 0 or 1"),
         ("meta.json invalid", bin_("meta.json", b"{not json"), "meta.json: not readable JSON"),
         ("meta.json not an object", bin_("meta.json", b"[1, 2]"), "meta.json: lacks format_version"),
         ("meta.json missing key", meta(lambda m: {k: v for k, v in m.items() if k != "mask_id"}), "lacks mask_id"),
         ("meta.json bad value", meta(lambda m: {**m, "vocab_size": "big"}), "bad value of vocab_size"),
         ("unknown format_version", meta(lambda m: {**m, "format_version": 99}), "format_version 99, but this train.py reads"),
+        ("a format-2 dataset", meta(lambda m: {**m, "format_version": 2}), "format 2 (one train.bin per split)",
+         "prepare the corpus again"),
+        ("a shard dropped from the list", meta(lambda m: {**m, "shards": {**m["shards"], "val": m["shards"]["val"][1:]}}),
+         "meta.json: its fingerprint does not match its shard list"),
         ("tokenizer.json corrupt", bin_("tokenizer.json", b"{\"truncated"), "not the tokenizer meta.json names"),
         ("tokenizer.json missing", lambda d: os.remove(d / "tokenizer.json"), "tokenizer.json: missing"),
         ("another dataset's tokenizer", lambda d: shutil.copy(other / "tokenizer.json", d / "tokenizer.json"),
@@ -300,13 +326,34 @@ def data_cases(src, other):
     ]
 
 
-@pytest.mark.parametrize("case", range(14))
+@pytest.mark.parametrize("case", range(17))
 def test_corrupt_data_directory(tmp_path, tiny_data, other_data, case):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
-    name, damage, message = data_cases(tiny_data, other_data)[case]
+    name, damage, *messages = data_cases(tiny_data, other_data)[case]
     damage(data)
-    refused(lambda: train.main([f"--data_dir={data}", f"--out_dir={tmp_path / 'out'}", "--max_steps=1"]), message)
+    refused(lambda: train.main([f"--data_dir={data}", f"--out_dir={tmp_path / 'out'}", "--max_steps=1",
+                                "--progress=False", "--demo=False"]), *messages)
+
+
+def test_finalize_names_a_truncated_or_foreign_shard(tmp_path, tiny_data, other_data):
+    """The finalize step reads every shard in full: a truncated one, one of the right size with other
+    bytes, or a done record of another tokenizer is one line naming the file."""
+    train0 = f"shards/{shard_names(tiny_data, 'train')[0]}"
+    args = ["--input", json.loads((tiny_data / "meta.json").read_text())["settings"]["sources"][0], "--vocab_size",
+            "1024", "--quiet", "--workers", "1", "--step", "finalize"]
+    cases = [(lambda d: (d / f"{train0}.bin").write_bytes((tiny_data / f"{train0}.bin").read_bytes()[:-2]),
+              [f"{train0}.bin: ", "bytes, but its done record records", "truncated"]),
+             (lambda d: (d / f"{train0}.words.bin").write_bytes(bytes(os.path.getsize(tiny_data / f"{train0}.words.bin"))),
+              [f"{train0}.bin (with its .words.bin): sha256 ", "damaged, or another dataset's shard"]),
+             (lambda d: shutil.copy(other_data / "shards" / "done-000000.json", d / "shards" / "done-000000.json"),
+              ["done-000000.json: ", "not of input file 0"])]
+    for k, (damage, needles) in enumerate(cases):
+        data = tmp_path / str(k)
+        shutil.copytree(tiny_data, data)
+        damage(data)
+        one_line(run("prepare.py", *args, "--out_dir", data), *needles)
+        assert not (data / "meta.json").exists()
 
 
 def test_unusable_output_directory(tmp_path, tiny_data, reference):
@@ -345,11 +392,15 @@ def test_full_disk_when_a_resume_rewrites_the_model_files(tmp_path, tiny_data, r
     assert {name: (out / name).read_bytes() for name in before} == before and not temps(out)
 
 
-def test_prepare_full_disk(tmp_path, corpus_file):
+@pytest.mark.parametrize("fsize,victim", [(20_000, "tokenizer.json"), (40_000, "shards/train-000000-0000.bin")])
+def test_prepare_full_disk(tmp_path, corpus_file, tiny_data, fsize, victim):
     out = tmp_path / "data"
-    r = run("prepare.py", "--input", corpus_file, "--out_dir", out, "--vocab_size", "1024", "--quiet",
-            "--workers", "1", fsize=20_000)  # the disk fills while writing the outputs
-    one_line(r, f"{out}: File too large")
+    lines = corpus_file.read_text("utf-8").splitlines()
+    (tmp_path / "big.txt").write_text("\n".join(lines + [f"{t}第{i}遍。" for i, t in enumerate(lines)]), encoding="utf-8")
+    r = run("prepare.py", "--input", tmp_path / "big.txt", "--out_dir", out, "--vocab_size", "1024", "--quiet",
+            "--workers", "1", "--tokenizer", tiny_data / "tokenizer.json",  # 35 kB
+            fsize=fsize)  # the disk fills while writing the outputs: the vocabulary, or a shard
+    one_line(r, f"{out}/{victim}: File too large")
     assert not (out / "meta.json").exists() and not temps(out)
 
 
@@ -416,10 +467,18 @@ def prepare_settings(tmp):
         (["--text_field", " , "], "--text_field ' , ': name at least one field"),
         (["--tokenizer", tmp / "bad_tok.json"], "bad_tok.json: not a readable tokenizer.json"),
         (["--tokenizer", tmp / "none.json"], "none.json: not a readable tokenizer.json"),
+        (["--bpe_chars", "0"], "--bpe_chars 0: must be >= 1"),
+        (["--max_val_tokens", "0"], "--max_val_tokens 0: must be >= 1"),
+        (["--shard_tokens", "0"], "--shard_tokens 0: must be >= 1"),
+        (["--world", "0", "--step", "encode"], "--world 0: must be >= 1"),
+        (["--rank", "2", "--world", "2", "--step", "encode"], "--rank 2: must be in [0, --world)"),
+        (["--world", "3"], "--world 3 (given, or from RANK/WORLD_SIZE or Slurm): several machines run the steps one by one"),
+        (["--step", "encode"], "no plan.json: run prepare.py --step vocab first"),
+        (["--step", "finalize"], "no plan.json: run prepare.py --step vocab first"),
     ]
 
 
-@pytest.mark.parametrize("case", range(12))
+@pytest.mark.parametrize("case", range(20))
 def test_bad_prepare_setting(tmp_path, corpus_file, case):
     args, message = prepare_settings(tmp_path)[case]
     out = tmp_path / "out"

@@ -3,7 +3,7 @@ import gzip, json, os, subprocess, sys, unicodedata
 
 import numpy as np
 import pytest
-from conftest import ROOT, make_corpus, make_long_corpus
+from conftest import ROOT, make_corpus, make_long_corpus, split_arrays
 
 import prepare
 
@@ -18,9 +18,12 @@ def run_prepare(*args, cwd=None):
 
 
 def load(out, split="train"):
-    ids = np.fromfile(out / f"{split}.bin", dtype="<u2")
-    flags = np.fromfile(out / f"{split}.words.bin", dtype=np.uint8)
-    return ids, flags
+    return split_arrays(out, split)
+
+
+def shard_bytes(out):
+    """Every shard file's bytes, by name (the done records hold timings: compared apart)."""
+    return {p.name: p.read_bytes() for p in sorted((out / "shards").glob("*.bin"))}
 
 
 def documents(ids, flags):
@@ -121,8 +124,8 @@ def test_formats_jsonl_json_gzip_fields_and_tokenizer_reuse(tmp_path, tiny_data)
     assert (out / "tokenizer.json").read_bytes() == (tiny_data / "tokenizer.json").read_bytes()
     from tokenizers import Tokenizer
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
-    first = next(documents(*load(out)))[0]
-    assert tok.decode(first.tolist()) == unicodedata.normalize("NFKC", docs[0][:5] + "\n" + docs[0])
+    stored = [tok.decode(d.tolist()) for split in ["train", "val"] for d, _ in documents(*load(out, split))]
+    assert unicodedata.normalize("NFKC", docs[0][:5] + "\n" + docs[0]) in stored
 
 
 def test_legacy_encoding(tmp_path):
@@ -133,11 +136,17 @@ def test_legacy_encoding(tmp_path):
 
 
 def test_same_output_with_one_or_two_workers(tmp_path, corpus_file):
+    lines = corpus_file.read_text("utf-8").splitlines()
+    (tmp_path / "in").mkdir()
+    for k in range(3):  # the workers share the input files out
+        (tmp_path / "in" / f"part_{k}.txt").write_text("\n".join(lines[k::3]) + "\n", encoding="utf-8")
     for w in ["1", "2"]:
-        assert run_prepare("--input", corpus_file, "--out_dir", tmp_path / w, "--workers", w,
-                           "--chunk_chars", "2000").returncode == 0
-    for name in ["train.bin", "train.words.bin", "val.bin", "val.words.bin"]:
-        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes()
+        r = run_prepare("--input", tmp_path / "in", "--out_dir", tmp_path / w, "--workers", w, "--chunk_chars", "2000")
+        assert r.returncode == 0, r.stderr
+    assert shard_bytes(tmp_path / "1") == shard_bytes(tmp_path / "2") and len(shard_bytes(tmp_path / "1")) == 12
+    metas = [json.loads((tmp_path / w / "meta.json").read_text()) for w in ["1", "2"]]
+    assert [{k: v for k, v in m.items() if not k.startswith("seconds")} for m in metas][0] == \
+        [{k: v for k, v in m.items() if not k.startswith("seconds")} for m in metas][1]
 
 
 def test_interrupted_run_leaves_no_meta(tmp_path, corpus_file, monkeypatch):
@@ -149,11 +158,12 @@ def test_interrupted_run_leaves_no_meta(tmp_path, corpus_file, monkeypatch):
     def boom(*work):
         raise KeyboardInterrupt
     monkeypatch.setattr(prepare, "encode_chunk", boom)
+    os.utime(corpus_file)  # the input changed since: its shards are encoded again (the same command re-run)
     with pytest.raises(KeyboardInterrupt):
         prepare.main(["--input", str(corpus_file), "--out_dir", str(out), "--vocab_size", VOCAB,
                       "--quiet", "--workers", "1"])
     assert not (out / "meta.json").exists(), "an interrupted run must not leave a meta.json"
-    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+    assert not [p for p in os.listdir(out) + os.listdir(out / "shards") if p.endswith(".tmp")]
 
 
 def bad_inputs(tmp):
@@ -252,19 +262,77 @@ def test_a_long_document_is_streamed_in_pieces_and_survives_intact(tmp_path, mon
     pieces = list(prepare.normalized_documents([str(src)], ["text"], "utf-8"))
     assert max(len(p) for p, _ in pieces) <= 300 and sum(last for _, last in pieces) == 61
     prepare.main(args + ["--out_dir", str(tmp_path / "pieces")])
-    for name in ["train.bin", "train.words.bin", "val.bin", "val.words.bin"]:
-        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "pieces" / name).read_bytes(), name
-    ids, flags = load(tmp_path / "pieces")
+    assert shard_bytes(tmp_path / "whole") == shard_bytes(tmp_path / "pieces")
     tok = Tokenizer.from_file(str(tiny_data / "tokenizer.json"))
     want = tok.encode(long_doc, add_special_tokens=False).ids
+    split = next(s for s in ["train", "val"] if any(len(d) == len(want) for d, _ in documents(*load(tmp_path / "pieces", s))))
+    ids, flags = load(tmp_path / "pieces", split)
     found = [d for d, _ in documents(ids, flags) if len(d) == len(want)]
-    assert found and found[0].tolist() == want and len(want) > 1024, "the long document, whole, in train.bin"
+    assert found and found[0].tolist() == want and len(want) > 1024, "the long document, whole, in its split"
     # packed across windows: windows inside the document are single sequences; one across its end is cut there
     meta, data = train.load_data(str(tmp_path / "pieces"))
     start = int(np.flatnonzero(ids == prepare.CLS_ID)[[len(d) for d, _ in documents(ids, flags)].index(len(want))])
-    _, _, cu = train.make_batch(data["train"], [start + 1, start + 400], [0.15] * 2,
+    _, _, cu = train.make_batch(data[split], [start + 1, start + 400], [0.15] * 2,
                                 [np.random.default_rng(0)] * 2, meta, 256)
     assert cu.tolist() == [0, 256, 512]
     end = start + len(want) + 2  # the next document's [CLS]
-    _, _, cu = train.make_batch(data["train"], [end - 100], [0.15], [np.random.default_rng(0)], meta, 256)
-    assert cu.tolist()[:2] == [0, 100] and cu[-1] == 256
+    if end + 156 <= len(ids):
+        _, _, cu = train.make_batch(data[split], [end - 100], [0.15], [np.random.default_rng(0)], meta, 256)
+        assert cu.tolist()[:2] == [0, 100] and cu[-1] == 256
+
+
+def test_parquet_and_jsonl_corpora_as_they_are(tmp_path, tiny_data):
+    """CCI3-HQ's layout (data/part_NNNNNN.jsonl, field text) and a parquet corpus with a text column
+    (read one row group at a time) give the same documents."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    docs = make_corpus(60, seed=12)
+    (tmp_path / "cci3" / "data").mkdir(parents=True)
+    for k in range(2):
+        (tmp_path / "cci3" / "data" / f"part_{k:06d}.jsonl").write_text(
+            "".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(docs[k::2])), "utf-8")
+    (tmp_path / "pq").mkdir()
+    pq.write_table(pa.table({"id": list(range(60)), "text": docs[0::2] + docs[1::2]}), tmp_path / "pq" / "000.parquet",
+                   row_group_size=7)
+    stored = {}
+    for name in ["cci3", "pq"]:
+        r = run_prepare("--input", tmp_path / name, "--out_dir", tmp_path / f"out_{name}", "--tokenizer",
+                        tiny_data / "tokenizer.json")
+        assert r.returncode == 0, r.stderr
+        stored[name] = sorted(decoded_documents(tmp_path / f"out_{name}", "train") +
+                              decoded_documents(tmp_path / f"out_{name}", "val"))
+    assert stored["cci3"] == stored["pq"] == sorted(unicodedata.normalize("NFKC", d) for d in docs)
+    r = run_prepare("--input", tmp_path / "pq", "--out_dir", tmp_path / "bad", "--text_field", "content")
+    assert r.returncode != 0 and "000.parquet: no text column 'content' (use --text_field; columns here: id, text)" in r.stderr
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    r = run_prepare("--input", tmp_path / "broken.parquet", "--out_dir", tmp_path / "bad")
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "broken.parquet: not a readable parquet" in r.stderr
+
+
+def test_a_format_2_dataset_is_replaced_only_with_overwrite(tmp_path, corpus_file):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "train.bin").write_bytes(b"\0\0")
+    (out / "meta.json").write_text(json.dumps({"format_version": 2, "settings": {"sources": [str(corpus_file)]}}))
+    r = run_prepare("--input", corpus_file, "--out_dir", out)
+    assert r.returncode != 0 and "holds a dataset of format 2 (one train.bin per split)" in r.stderr
+    assert (out / "train.bin").exists()
+    assert run_prepare("--input", corpus_file, "--out_dir", out, "--overwrite").returncode == 0
+    assert not (out / "train.bin").exists() and (out / "meta.json").exists()
+
+
+def test_bad_input_found_by_a_worker_is_one_line_and_leaves_nothing(tmp_path):
+    """A bad line that only the encode step reaches (the vocabulary's sample stops before it), in one
+    of two worker processes: one line naming it, and no temporary file of either worker is left."""
+    d = tmp_path / "in"
+    d.mkdir()
+    docs = make_corpus(3000, seed=5)
+    (d / "a.txt").write_text("\n".join(docs[:2000]) + "\n", encoding="utf-8")
+    (d / "b.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs[2000:])
+                               + '{"text": oops}\n', encoding="utf-8")
+    out = tmp_path / "out"
+    r = run_prepare("--input", d, "--out_dir", out, "--workers", "2", "--bpe_chars", "1000", "--val_fraction", "0.2",
+                    "--shard_tokens", "300")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and "b.jsonl: line 1001: invalid JSON" in lines[0], r.stderr
+    assert not (out / "meta.json").exists() and not [p for p in os.listdir(out / "shards") if p.endswith(".tmp")]
