@@ -32,9 +32,9 @@ class TrainConfig:
     # grad_accum * processes; they change at a switch unless the batch sizes keep them constant.
     # Adding a stage is adding a record here (or in a config file).
     stages: list = field(default_factory=lambda: [
-        dict(start=0.0, seq_len=1024, batch_size=2, rope_theta=80000.0),
-        dict(start=0.982, seq_len=8192, batch_size=1, rope_theta=80000.0)])
-    max_steps: int = 448
+        dict(start=0.0, seq_len=256, batch_size=8, rope_theta=10000.0),
+        dict(start=0.9, seq_len=2048, batch_size=1, rope_theta=80000.0)])
+    max_steps: int = 850
     grad_accum: int = 1              # micro-steps per optimiser step
     # whole-word masking curriculum: linear min -> max over mask_warmup, then back to min at the end
     whole_word: bool = True          # False: mask single tokens instead of whole-word units (an ablation)
@@ -45,7 +45,7 @@ class TrainConfig:
     lr_schedule: str = "damped_cosine"  # or "cosine": one plain cosine from lr_max to lr_min (an ablation)
     lr_max: float = 2e-3
     lr_min: float = 2e-4
-    warmup_steps: int = 50
+    warmup_steps: int = 30
     lr_cycles: int = 2               # N: cosine half-periods are 2N - 1, so it ends in a valley
     lr_damping: float = 0.5          # gamma: the peaks decay linearly to gamma * lr_max
     embedding_lr_scale: float = 1.0  # the (tied) embedding's learning rate, as a multiple of lr
@@ -64,7 +64,7 @@ class TrainConfig:
     seed: int = 1337
     max_bad_steps: int = 5           # consecutive non-finite steps before the run stops
     eval_interval: int = 100
-    eval_windows: int = 16           # validation windows of the first stage's length, spread over val.bin
+    eval_windows: int = 64           # validation windows of the first stage's length, spread over val.bin
     eval_long_len: int = 0           # long-document windows: 0 = the last stage's length (set it to compare a one-stage run)
     ckpt_interval: int = 100
     resume: bool = False
