@@ -72,10 +72,10 @@ def plot_run(log_path, out_png):
     if lg:
         ax[2].legend(loc="upper left", fontsize=8)
     ax[3].plot([r["step"] for r in tr], [r["lr"] for r in tr], color="tab:purple", label="learning rate")
-    ax[3].set_ylabel("learning rate")
+    ax[3].set_ylabel("learning rate", color="tab:purple")
     rate = ax[3].twinx()
     rate.plot([r["step"] for r in tr], [r["mask_rate"] for r in tr], color="tab:brown", label="masking rate")
-    rate.set_ylabel("masking rate")
+    rate.set_ylabel("masking rate", color="tab:brown")
     ax[3].set_xlabel("step")
     for s in switches:
         for a in ax:
