@@ -89,16 +89,21 @@ def mark_wsc(o, path, lineno):
     return text
 
 
-def read_cmrc(path):
-    """SQuAD-style: data -> paragraphs -> (context, qas -> (question, answers[text, answer_start])).
-    One JSON document, so a fault is named by its place in it (data[i].paragraphs[j].qas[k])."""
+def read_json_document(path):
+    """A file that is one JSON document (CMRC2018, C3), or one line naming the file's fault."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            return json.load(f)
     except UnicodeDecodeError:
         raise Refused(f"{path}: not UTF-8")
     except json.JSONDecodeError as e:
         raise Refused(f"{path}: invalid JSON at line {e.lineno} ({e.msg})")
+
+
+def read_cmrc(path):
+    """SQuAD-style: data -> paragraphs -> (context, qas -> (question, answers[text, answer_start])).
+    One JSON document, so a fault is named by its place in it (data[i].paragraphs[j].qas[k])."""
+    data = read_json_document(path)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise Refused(f"{path}: not a SQuAD-style CMRC2018 file (no 'data' list)")
     out = []
@@ -126,13 +131,7 @@ def read_c3(path):
     baselines read: their tokenizer drops the newline), question, choices, answer (the index of the
     answer's first occurrence: a few released questions repeat a choice), passage_id (path, item).
     A fault is named by file and item (items and questions counted from 0, as in the array)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except UnicodeDecodeError:
-        raise Refused(f"{path}: not UTF-8")
-    except json.JSONDecodeError as e:
-        raise Refused(f"{path}: invalid JSON at line {e.lineno} ({e.msg})")
+    data = read_json_document(path)
     if not isinstance(data, list):
         raise Refused(f"{path}: not a C3 file (a JSON array of [passage lines, questions, id] items)")
     texts = lambda x: isinstance(x, list) and all(isinstance(s, str) for s in x)  # noqa: E731
