@@ -1,14 +1,57 @@
 """
 CLUE's files and metrics: the parts of evaluation that are defined by the benchmark, not by us.
-eval_clue.py fine-tunes and scores; this module reads the official JSON-lines, SQuAD-style and C3
-files (every row checked, a bad one named by file and line or item), computes CMRC2018's EM and F1
+eval_clue.py fine-tunes and scores; this module finds each task's files (the official layout or a
+release's), reads the official JSON-lines, SQuAD-style and C3 files (every row checked, a bad one
+named by file and line or item), computes CMRC2018's EM and F1
 exactly as its official evaluation script does, and the correlations SimCLUE is scored by.
 """
-import json, math, re
+import json, math, os, re
 
 import numpy as np
 
 from errors import Refused
+
+
+# ------------------------------------------------------------------------------------------
+# Finding each task's files: `tasks` is eval_clue.TASKS (a folder, {role: file name}, other layouts)
+
+def task_paths(spec, data_dir, override=None):
+    """A task's files ({role: path}) in the first layout whose files exist (else the first
+    layout, so that the error names the files of the official one)."""
+    layouts = [(spec["folder"], spec.get("files", dict(train="train.json", dev="dev.json")))] + spec.get("alt", [])
+    options = [{role: os.path.normpath(os.path.join(override or os.path.join(data_dir, folder), name))
+                for role, name in files.items()} for folder, files in layouts]
+    return next((o for o in options if all(map(os.path.isfile, o.values()))), options[0])
+
+
+def task_files(tasks, task, data_dir, override=None):
+    paths = task_paths(tasks[task], data_dir, override)
+    missing = [p for p in paths.values() if not os.path.isfile(p)]
+    if missing:
+        raise Refused(f"{task}: missing {' and '.join(missing)}")
+    return paths
+
+
+def find_tasks(tasks, args):
+    """The tasks that --tasks names (or, for "all", every task whose files are in --data_dir; --path
+    TASK=DIR points one elsewhere) and their files: ([task], {task: {role: path}})."""
+    overrides = {}
+    for item in args.path:
+        task, sep, folder = item.partition("=")
+        if not sep or task not in tasks:
+            raise Refused(f"--path {item!r}: expected TASK=DIR with TASK one of {', '.join(tasks)}")
+        overrides[task] = folder
+    if args.tasks == "all":
+        found = lambda t: all(map(os.path.isfile, task_paths(tasks[t], args.data_dir, overrides.get(t)).values()))  # noqa: E731
+        chosen = [t for t in tasks if found(t)]
+        if not chosen:
+            raise Refused(f"{args.data_dir}: no CLUE task files found (expected e.g. afqmc_public/train.json)")
+    else:
+        chosen = [t.strip().lower() for t in args.tasks.split(",")]
+        unknown = [t for t in chosen if t not in tasks]
+        if unknown:
+            raise Refused(f"unknown task {unknown[0]!r}; choose from {', '.join(tasks)}")
+    return chosen, {t: task_files(tasks, t, args.data_dir, overrides.get(t)) for t in chosen}
 
 
 # ------------------------------------------------------------------------------------------

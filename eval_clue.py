@@ -16,7 +16,7 @@ score before fine-tuning. Every task runs with --seeds seeds (mean +- std and pe
 Results go to <model_dir>/results_clue.json (or --out), rewritten after each task, and a markdown
 table on stdout.
 """
-import json, math, os, random, time
+import math, os, random, time
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,15 +25,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import runtime, settings
-from clue_data import (cmrc_em, cmrc_f1, pearson, read_c3, read_classification, read_cmrc, read_simclue_pairs,
-                       read_simclue_triples, spearman)
+from clue_data import (cmrc_em, cmrc_f1, find_tasks, pearson, read_c3, read_classification, read_cmrc,
+                       read_simclue_pairs, read_simclue_triples, spearman)
 from clue_results import aggregate, markdown_table, save_model
 from cmbert import (CMBert, CMBertConfig, CMBertForMultipleChoice, CMBertForSequenceClassification, CMBertForSpans,
                     mean_pool)
 from errors import Refused, script
-from files import sha256, write_json
-from model_files import read_config
-from tokens import CLS_ID, SEP_ID, check_fits, check_recorded, load_tokenizer, model_ids
+from files import write_json
+from model_files import check_model_dir, check_tokenizer, read_config
+from tokens import CLS_ID, SEP_ID
 
 EvalError = Refused  # the name this module's callers know
 
@@ -72,24 +72,6 @@ def task_settings(task, args):
     return dict(epochs=pick(args.epochs, spec["epochs"]), lr=pick(args.lr, spec["lr"]),
                 batch=pick(args.batch_size, spec["batch"]), max_len=pick(args.max_len, spec["max_len"]),
                 seeds=pick(args.seeds, spec.get("seeds", 1)))
-
-
-def task_paths(task, data_dir, override=None):
-    """The task's files ({role: path}) in the first layout whose files exist (else the first
-    layout, so that the error names the files of the official one)."""
-    spec = TASKS[task]
-    layouts = [(spec["folder"], spec.get("files", dict(train="train.json", dev="dev.json")))] + spec.get("alt", [])
-    options = [{role: os.path.normpath(os.path.join(override or os.path.join(data_dir, folder), name))
-                for role, name in files.items()} for folder, files in layouts]
-    return next((o for o in options if all(map(os.path.isfile, o.values()))), options[0])
-
-
-def task_files(task, data_dir, override):
-    paths = task_paths(task, data_dir, override)
-    missing = [p for p in paths.values() if not os.path.isfile(p)]
-    if missing:
-        raise Refused(f"{task}: missing {' and '.join(missing)}")
-    return paths
 
 
 def subsample(rows, args):
@@ -572,40 +554,15 @@ def parse_args(argv):
     return settings.eval_args(argv, __doc__, TASKS)
 
 
-def resolve_tasks(args):
-    overrides = {}
-    for item in args.path:
-        task, sep, folder = item.partition("=")
-        if not sep or task not in TASKS:
-            raise Refused(f"--path {item!r}: expected TASK=DIR with TASK one of {', '.join(TASKS)}")
-        overrides[task] = folder
-    if args.tasks == "all":
-        tasks = [t for t in TASKS if all(map(os.path.isfile, task_paths(t, args.data_dir, overrides.get(t)).values()))]
-        if not tasks:
-            raise Refused(f"{args.data_dir}: no CLUE task files found (expected e.g. afqmc_public/train.json)")
-    else:
-        tasks = [t.strip().lower() for t in args.tasks.split(",")]
-        unknown = [t for t in tasks if t not in TASKS]
-        if unknown:
-            raise Refused(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
-    return tasks, {t: task_files(t, args.data_dir, overrides.get(t)) for t in tasks}
-
-
-def check_model(tasks, args):
-    """The model folder is whole, every task's length fits the model, the output folders can be
-    written, and the tokenizer is the model's own (same special ids, a vocabulary that fits, the
-    same file as the folder's tokenizer.json and as the sha256 its config.json records)."""
-    for name in ("config.json",) + (("model.safetensors",) if args.init == "pretrained" else ()):
-        if not os.path.isfile(os.path.join(args.model_dir, name)):
-            raise Refused(f"{args.model_dir}: no {name} (a directory written by train.py / save_pretrained)")
-    cfg = read_config(args.model_dir, CMBertConfig)
-    for task in tasks:
-        hp = task_settings(task, args)
-        if hp["max_len"] > cfg.max_seq_len:
-            raise Refused(f"{task}: --max_len {hp['max_len']} exceeds the model's max_seq_len {cfg.max_seq_len}")
-        if TASKS[task]["kind"] == "span" and args.doc_stride > hp["max_len"] // 2:
-            raise Refused(f"--doc_stride {args.doc_stride}: must be in [1, {hp['max_len'] // 2}] (half of the "
-                          f"{task} length {hp['max_len']}), else windows skip context")
+def check_settings(tasks, args):
+    """The model folder is whole and every task's length fits it (and its stride), the output
+    folders can be written, and the tokenizer is the model's own."""
+    lengths = {task: task_settings(task, args)["max_len"] for task in tasks}
+    cfg = check_model_dir(args.model_dir, CMBertConfig, args.init == "pretrained", lengths)
+    for task, max_len in lengths.items():
+        if TASKS[task]["kind"] == "span" and args.doc_stride > max_len // 2:
+            raise Refused(f"--doc_stride {args.doc_stride}: must be in [1, {max_len // 2}] (half of the "
+                          f"{task} length {max_len}), else windows skip context")
     try:
         os.makedirs(args.save, exist_ok=True) if args.save else None
     except OSError as e:
@@ -613,19 +570,7 @@ def check_model(tasks, args):
     for folder in [os.path.dirname(os.path.abspath(args.out))] + ([args.save] if args.save else []):
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             raise Refused(f"{folder}: not a writable directory")
-    tok_path = args.tokenizer or os.path.join(args.model_dir, "tokenizer.json")
-    if not os.path.isfile(tok_path):
-        raise Refused(f"{tok_path}: no tokenizer (pass --tokenizer)")
-    tok = load_tokenizer(tok_path)
-    check_fits(tok, tok_path, cfg.vocab_size, model_ids(cfg))
-    own = os.path.join(args.model_dir, "tokenizer.json")
-    if os.path.isfile(own):
-        check_recorded(tok_path, sha256(own), f"{tok_path} is not the tokenizer of {args.model_dir} (its tokenizer.json differs)")
-    with open(os.path.join(args.model_dir, "config.json")) as f:
-        recorded = json.load(f).get("tokenizer_sha256")
-    check_recorded(tok_path, recorded, f"{tok_path}: sha256 {{got}}… is not the tokenizer_sha256 {{want}}… that "
-                                       f"{args.model_dir}/config.json records")
-    return tok, tok_path
+    return check_tokenizer(args.model_dir, cfg, args.tokenizer)
 
 
 @script("eval_clue.py")
@@ -635,8 +580,8 @@ def main(argv=None):
     args.dtype = runtime.resolve_dtype(args.device, args.dtype)
     args.autocast = runtime.autocast(args.device, args.dtype)
     args.out = args.out or os.path.join(args.model_dir, "results_clue.json")
-    tasks, paths = resolve_tasks(args)
-    tok, tok_path = check_model(tasks, args)
+    tasks, paths = find_tasks(TASKS, args)
+    tok, tok_path = check_settings(tasks, args)
     data = {task: KINDS[TASKS[task]["kind"]].load(task, paths[task], tok, args) for task in tasks}  # all, before any training
     results = {}
     for task in tasks:

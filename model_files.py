@@ -2,16 +2,17 @@
 Model folders on disk: cmbert's own (save_pretrained: model.safetensors + config.json) and
 Hugging Face exports (save_hf: transformers' ModernBERT for LayerNorm models, cmbert's code with
 trust_remote_code for RMSNorm ones), with their tokenizer files and, with those, the description
-that makes the folder a sentence-transformers model. Loading is exact or refused: a
+that makes the folder a sentence-transformers model, and the check that a folder and its tokenizer
+are whole and fit before fine-tuning. Loading is exact or refused: a
 folder whose config, weights or tokenizer do not fit is one line (BadFile, a ValueError) naming
 the file. cmbert.py's save/load methods call these; nothing here imports the lecture files.
 """
-import os
+import json, os
 from dataclasses import asdict, fields
 
 from errors import BadFile
-from files import copy_file, write_bytes, write_json
-from tokens import HF_NAMES, check_fits, load_tokenizer, model_ids
+from files import copy_file, sha256, write_bytes, write_json
+from tokens import HF_NAMES, check_fits, check_recorded, load_tokenizer, model_ids
 
 # Config fields that shape the weights or change what they compute: a saved folder fixes them.
 WEIGHT_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "intermediate_size", "norm")
@@ -111,6 +112,38 @@ def read_config(model_dir, config_cls, **overrides):
         return config_cls(**{**values, **overrides})
     except (AssertionError, TypeError, ValueError) as e:
         raise BadFile(f"{path}: invalid config ({e})") from None
+
+
+def check_model_dir(model_dir, config_cls, weights, lengths):
+    """Before fine-tuning: the folder is whole (config.json, and model.safetensors when `weights`)
+    and every task's length ({task: max_len}) fits the model. Returns the config."""
+    for name in ("config.json",) + (("model.safetensors",) if weights else ()):
+        if not os.path.isfile(os.path.join(model_dir, name)):
+            raise BadFile(f"{model_dir}: no {name} (a directory written by train.py / save_pretrained)")
+    cfg = read_config(model_dir, config_cls)
+    for task, max_len in lengths.items():
+        if max_len > cfg.max_seq_len:
+            raise BadFile(f"{task}: --max_len {max_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
+    return cfg
+
+
+def check_tokenizer(model_dir, cfg, tokenizer=None):
+    """The tokenizer (the folder's own, or `tokenizer`) is the model's: the same special ids, a
+    vocabulary that fits, the same file as the folder's tokenizer.json and as the sha256 its
+    config.json records. Returns (tokenizer, its path)."""
+    tok_path = tokenizer or os.path.join(model_dir, "tokenizer.json")
+    if not os.path.isfile(tok_path):
+        raise BadFile(f"{tok_path}: no tokenizer (pass --tokenizer)")
+    tok = load_tokenizer(tok_path)
+    check_fits(tok, tok_path, cfg.vocab_size, model_ids(cfg))
+    own = os.path.join(model_dir, "tokenizer.json")
+    if os.path.isfile(own):
+        check_recorded(tok_path, sha256(own), f"{tok_path} is not the tokenizer of {model_dir} (its tokenizer.json differs)")
+    with open(os.path.join(model_dir, "config.json")) as f:
+        recorded = json.load(f).get("tokenizer_sha256")
+    check_recorded(tok_path, recorded, f"{tok_path}: sha256 {{got}}… is not the tokenizer_sha256 {{want}}… that "
+                                       f"{model_dir}/config.json records")
+    return tok, tok_path
 
 
 def config_from_modernbert(c, path, d):

@@ -116,7 +116,7 @@ def test_readers_for_every_task(clue_dir):
     pairs = clue_data.read_simclue_pairs(str(clue_dir / "simclue_public" / "dev.json"))
     assert pairs[0] == (PARA[0][0], PARA[0][2], 1, 1) and sum(p[2] for p in pairs) == 8
     for task in eval_clue.TASKS:
-        assert all(os.path.exists(p) for p in eval_clue.task_files(task, str(clue_dir), None).values())
+        assert all(os.path.exists(p) for p in clue_data.task_files(eval_clue.TASKS, task, str(clue_dir), None).values())
 
 
 def test_pair_encoding(model_dir):
@@ -343,7 +343,7 @@ def test_c3_fine_tunes_scores_against_chance_and_reloads_exactly(tmp_path, model
                               seed=42, device="cpu", autocast=torch.autocast("cpu", enabled=False))
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     tok.enable_truncation(16)  # as another task's loader may leave the shared tokenizer
-    data = eval_clue.load_choice("c3", eval_clue.task_files("c3", str(tmp_path), None), tok, args)
+    data = eval_clue.load_choice("c3", clue_data.task_files(eval_clue.TASKS, "c3", str(tmp_path), None), tok, args)
     assert data["report"]["passages_cut"] == res["passages_cut"]
     again = CMBertForMultipleChoice.from_pretrained(saved).eval()
     assert eval_clue.choice_accuracy(again, data, args)[0] == res["final"]
@@ -353,10 +353,10 @@ def test_c3_fine_tunes_scores_against_chance_and_reloads_exactly(tmp_path, model
 
 def test_c3_release_names_and_bad_rows(tmp_path, model_dir):
     write_c3(tmp_path / "release", c3_items(6), c3_items(3), names="c3-{}-{}.json")
-    paths = eval_clue.task_files("c3", str(tmp_path), str(tmp_path / "release"))
+    paths = clue_data.task_files(eval_clue.TASKS, "c3", str(tmp_path), str(tmp_path / "release"))
     assert paths["m-dev"] == str(tmp_path / "release" / "c3-m-dev.json")
     shutil.copytree(tmp_path / "release", tmp_path / "flat")  # the release's files right in --data_dir
-    assert eval_clue.task_files("c3", str(tmp_path / "flat"), None)["d-train"] == str(tmp_path / "flat" / "c3-d-train.json")
+    assert clue_data.task_files(eval_clue.TASKS, "c3", str(tmp_path / "flat"), None)["d-train"] == str(tmp_path / "flat" / "c3-d-train.json")
     good = c3_items(3)
     for k, (change, words) in enumerate([
             (lambda q: q.update(answer="错"), "item 1 (1-1) question 0: answer '错' is not among the choices"),
@@ -377,10 +377,10 @@ def test_clue_layout_of_cmrc2018_is_found(tmp_path, clue_dir):
     (tmp_path / "cmrc2018_public").mkdir()
     for split in ("train", "dev"):
         (tmp_path / "cmrc2018_public" / f"{split}.json").write_bytes((clue_dir / f"cmrc2018_{split}.json").read_bytes())
-    paths = eval_clue.task_files("cmrc2018", str(tmp_path), None)
+    paths = clue_data.task_files(eval_clue.TASKS, "cmrc2018", str(tmp_path), None)
     assert paths["dev"] == str(tmp_path / "cmrc2018_public" / "dev.json")
     args = argparse.Namespace(tasks="all", path=[], data_dir=str(tmp_path))
-    assert eval_clue.resolve_tasks(args)[0] == ["cmrc2018"]
+    assert clue_data.find_tasks(eval_clue.TASKS, args)[0] == ["cmrc2018"]
 
 
 @pytest.mark.parametrize("flag,value,message", [
