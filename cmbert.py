@@ -68,7 +68,7 @@ class CMBertConfig:
 
 
 PRESETS = {
-    # the CPU demo: 4 layers (0 and 3 global), trains at 8,192 tokens on a laptop CPU
+    # the CPU default: 4 layers (0 and 3 global), small enough to pre-train on a laptop CPU in minutes
     "tiny": dict(n_layer=4, n_head=4, n_embd=256, intermediate_size=384),
     "base": dict(n_layer=22, n_head=12, n_embd=768, intermediate_size=1152),   # ModernBERT-base
     "large": dict(n_layer=28, n_head=16, n_embd=1024, intermediate_size=2624),  # the paper's model

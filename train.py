@@ -348,13 +348,14 @@ def main(argv=None):
     # the model: the preset's shape, the data's vocabulary, and the last stage's length and RoPE theta
     # (the saved model is the one after the last stage; each stage passes its theta at every forward)
     plan = stages(cfg)
-    longest = max([st.seq_len for st in plan] + [cfg.eval_long_len])
+    train_len = max(st.seq_len for st in plan)
+    longest = max(train_len, cfg.eval_long_len)  # the model's max_seq_len: training and long-document windows
     mcfg = config_from_preset(cfg.preset, vocab_size=meta["vocab_size"], norm=cfg.norm, attn_backend=cfg.attn_backend,
                               rope_theta_global=plan[-1].rope_theta, max_seq_len=longest, pad_id=meta["pad_id"],
                               cls_id=meta["cls_id"], sep_id=meta["sep_id"], mask_id=meta["mask_id"])
-    if len(data["train"][0]) <= max(st.seq_len for st in plan):
+    if len(data["train"][0]) <= train_len:
         raise Refused(f"{cfg.data_dir}: the training split has {len(data['train'][0])} tokens, too few for windows of "
-                      f"{max(st.seq_len for st in plan)}")
+                      f"{train_len}")
     if ckpt is not None:
         run_files.check_checkpoint_fits(ckpt, ckpt_path, mcfg, meta)
     model = CMBert(mcfg)
