@@ -434,7 +434,7 @@ class PreTrained(nn.Module):
     def save_pretrained(self, out_dir, extra_config=None):
         """model.safetensors, then config.json (last: a folder without it is incomplete), with
         extra_config added to it (train.py records the tokenizer's sha256 there)."""
-        from model_files import save_pretrained
+        from support.model_files import save_pretrained
         save_pretrained(self, out_dir, extra_config)
 
     @classmethod
@@ -443,7 +443,7 @@ class PreTrained(nn.Module):
         ModernBERT folder, exactly, or refuse it in one line naming the file. kwargs override config
         fields that do not shape the weights (attn_backend, dropout) or go to the constructor
         (num_labels)."""
-        from model_files import load_pretrained
+        from support.model_files import load_pretrained
         return load_pretrained(cls, CMBertConfig, model_dir, **kwargs)
 
 
@@ -504,7 +504,7 @@ class CMBert(PreTrained):
         (and then also a sentence-transformers model: the encoder and cmbert's mean pooling):
         transformers' own ModernBERT for norm="layernorm"; for the paper's RMSNorm, this file and
         hf_cmbert.py travel with it (trust_remote_code=True)."""
-        from model_files import save_hf
+        from support.model_files import save_hf
         save_hf(self, out_dir, tokenizer_file)
 
 

@@ -20,9 +20,9 @@ import hashlib, json, os, time, unicodedata
 import numpy as np
 from tqdm import tqdm
 
-import corpus, dataset, settings
-from errors import Refused, in_worker, script
-from tokens import CLS_ID, MASK_ID, N_BYTE_TOKENS, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, check_fits, load_tokenizer
+from support import corpus, dataset, settings
+from support.errors import Refused, in_worker, script
+from support.tokens import CLS_ID, MASK_ID, N_BYTE_TOKENS, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, check_fits, load_tokenizer
 
 MIN_VAL_CHARS = 16384  # "at least a few thousand tokens" of validation, even for small corpora
 READ_BYTES = 1 << 20   # a text line longer than this is read in parts

@@ -14,10 +14,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import plot, run_files, runtime, settings
-from dataset import load as load_data
 from cmbert import ATTN_BACKENDS, NORMS, PRESETS, CMBert, config_from_preset, flash_attn_available
-from errors import Refused, script
+from support import run_files, runtime, settings
+from support.dataset import load as load_data
+from support.errors import Refused, script
+from support.fill_mask import demo
+from support.plots import plot_run
 
 
 @dataclass
@@ -436,13 +438,12 @@ def main(argv=None):
         # checkpoint: the model folder, then ckpt.pt; and the plot
         if step % cfg.ckpt_interval == 0 or last:
             run_files.save_checkpoint(cfg, raw_model, optimizer, step, mcfg, meta, code)
-            plot.plot_run(log_path, os.path.join(cfg.out_dir, "train.png"))
+            plot_run(log_path, os.path.join(cfg.out_dir, "train.png"))
     bar.close()
     if procs.master:
         run_files.print_summary(step, tokens_seen, time.time() - t_start, results, long_results, T_eval, T_long, cfg.out_dir)
         if cfg.demo:
-            import use
-            use.demo(raw_model, os.path.join(cfg.data_dir, "tokenizer.json"), procs.device)
+            demo(raw_model, os.path.join(cfg.data_dir, "tokenizer.json"), procs.device)
     runtime.stop(procs)
 
 

@@ -9,7 +9,7 @@ import torch
 from conftest import ROOT, make_corpus, shard_names
 
 import prepare
-import run_files
+from support import run_files
 import train
 
 TRAIN = ["--stages=[(0, 64, 2, 1e4)]", "--eval_windows=2", "--warmup_steps=2",
@@ -180,7 +180,7 @@ def test_kill_during_prepare_renames(tmp_path, corpus_file):
 
 
 def test_atomic_path(tmp_path):
-    from files import atomic_path, write_json
+    from support.files import atomic_path, write_json
     target, victim = tmp_path / "x.json", tmp_path / "victim"
     victim.write_text("keep")
     os.symlink(victim, tmp_path / "x.json.tmp")

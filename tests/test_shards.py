@@ -8,9 +8,9 @@ import torch
 from conftest import make_corpus, shard_names, split_arrays
 from test_faults import one_line, run
 
-import dataset
+from support import dataset
 import prepare
-import settings
+from support import settings
 import train
 
 SIZES = [500, 300, 250, 150]  # documents per input file: file 0 is the largest, so it is encoded first

@@ -329,7 +329,8 @@ def test_compare_plot_of_two_runs(tmp_path, long_data):
         assert r.returncode == 0, r.stderr
         assert (out / "train.png").stat().st_size > 10000
     configs = [read_log(out)[0]["config"] for out in runs]
-    assert plot.labels(configs) == ["whole_word=True", "whole_word=False"]
+    from support.plots import labels
+    assert labels(configs) == ["whole_word=True", "whole_word=False"]
     plot.main([str(runs[0]), str(runs[1]), "--out", str(tmp_path / "cmp.png")])
     assert (tmp_path / "cmp.png").stat().st_size > 10000
     with pytest.raises(SystemExit, match="no settings row|not a readable log"):

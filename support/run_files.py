@@ -19,8 +19,8 @@ import dataclasses, glob, json, os, tempfile
 import torch
 from tqdm import tqdm
 
-from errors import Refused, why
-from files import atomic_path, copy_file
+from .errors import Refused, why
+from .files import atomic_path, copy_file
 
 CKPT_FORMAT = 3  # the layout of ckpt.pt (3: the dataset fingerprint, the embedding's own optimiser group); older ones are refused
 RUN_FILES = ["ckpt.pt", "model.safetensors", "config.json", "tokenizer.json", "log.jsonl", "train.png"]

@@ -9,7 +9,7 @@ allowed.
 """
 import argparse, ast, dataclasses, inspect, math, os, sys
 
-from errors import Refused
+from .errors import Refused
 
 
 # ------------------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ def number(kind):
 def train_rules(presets, norms, backends, flash_available, stages_ok):
     """train.py's settings. The model's choices (presets, norms, attention backends) are cmbert.py's."""
     words = lambda xs: ", ".join(xs[:-1]) + " or " + xs[-1]  # noqa: E731
-    from runtime import DEVICES, device_named, device_present
+    from .runtime import DEVICES, device_named, device_present
     return [
         ("preset", lambda v, c: v in presets, f"one of {', '.join(presets)}"),
         ("norm", lambda v, c: v in norms, words(norms)),
@@ -318,7 +318,7 @@ def eval_args(argv, doc, tasks):
     p.add_argument("--out", help="results file (default: <model_dir>/results_clue.json)")
     p.add_argument("--save", metavar="DIR", help="keep each fine-tuned model in DIR/<task>/seed<N>/ (default: not kept)")
     p.add_argument("--progress", choices=["True", "False"], default="True", help="progress bars")
-    from runtime import DEVICES, device_named, device_present
+    from .runtime import DEVICES, device_named, device_present
     positive = lambda v, c: v is None or (math.isfinite(v) and v > 0)  # noqa: E731
     rules = [("epochs", optional(at_least(1)), ">= 1"), ("lr", positive, "> 0"), ("batch_size", optional(at_least(1)), ">= 1"),
              ("max_len", optional(at_least(16)), ">= 16"), ("seeds", optional(at_least(1)), ">= 1"),

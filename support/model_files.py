@@ -10,13 +10,14 @@ the file. cmbert.py's save/load methods call these; nothing here imports the lec
 import json, os
 from dataclasses import asdict, fields
 
-from errors import BadFile
-from files import copy_file, sha256, write_bytes, write_json
-from tokens import HF_NAMES, check_fits, check_recorded, load_tokenizer, model_ids
+from .errors import BadFile
+from .files import copy_file, sha256, write_bytes, write_json
+from .tokens import HF_NAMES, check_fits, check_recorded, load_tokenizer, model_ids
 
 # Config fields that shape the weights or change what they compute: a saved folder fixes them.
 WEIGHT_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "intermediate_size", "norm")
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))  # support/: hf_cmbert.py
+ROOT = os.path.dirname(HERE)                       # the repository: cmbert.py
 
 
 def save_weights(model, path):
@@ -208,8 +209,8 @@ def save_hf(model, out_dir, tokenizer_file=None):
             global_rope_theta=cfg.rope_theta_global, local_rope_theta=cfg.rope_theta_local,  # transformers 4.x
             **ids)
     else:
-        for name in ("cmbert.py", "hf_cmbert.py"):
-            copy_file(os.path.join(HERE, name), os.path.join(out_dir, name))
+        for folder, name in ((ROOT, "cmbert.py"), (HERE, "hf_cmbert.py")):
+            copy_file(os.path.join(folder, name), os.path.join(out_dir, name))
         config = dict(
             architectures=["HFCMBertForMaskedLM"], model_type="cmbert",
             auto_map={"AutoConfig": "hf_cmbert.HFCMBertConfig", "AutoModel": "hf_cmbert.HFCMBertModel",

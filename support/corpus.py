@@ -6,7 +6,7 @@ input is one line naming the file and the line or byte offset.
 """
 import codecs, glob, gzip, json, os
 
-from errors import Refused
+from .errors import Refused
 
 TEXT_EXTS = (".txt", ".jsonl", ".json")
 
