@@ -452,7 +452,8 @@ def main(argv=None):
     args = settings.prepare_args(argv, __doc__)
     if args.tokenizer:
         check_fits(load_tokenizer(args.tokenizer), args.tokenizer, args.vocab_size, owner="the dataset")
-    files, readers = (corpus.resolve_inputs(args.input), {}) if args.input else default_corpus()
+    files, readers = (corpus.resolve_inputs(args.input, doc_format=args.doc_format), {}) if args.input \
+        else default_corpus()
     config = settings.dataset_settings(args, files)
     plan = step_vocab(args, files, readers, config) if args.step in ("all", "vocab") else \
         dataset.read_plan(args.out_dir, config)

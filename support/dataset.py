@@ -518,6 +518,9 @@ def load(data_dir):
     Returns (meta, {"train": (ids, flags), "val": (ids, flags)}), each a Stream over its shards; the
     validation ids know where its documents begin (.doc_starts)."""
     meta_path, tok_path = os.path.join(data_dir, "meta.json"), os.path.join(data_dir, "tokenizer.json")
+    if not os.path.isdir(data_dir):
+        raise Refused(f"--data_dir={data_dir}: no such directory (the folder prepare.py wrote: data/default by "
+                      f"default, or its --out_dir)")
     if not os.path.exists(meta_path):
         raise Refused(f"{data_dir}: no meta.json (run prepare.py; a directory without it is incomplete)")
     try:

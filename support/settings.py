@@ -165,7 +165,7 @@ def train_rules(presets, norms, backends, flash_available, stages_ok):
         ("lr_max", finite(1e-30, math.inf), "> 0"),
         ("embedding_lr_scale", finite(1e-30, math.inf), "> 0"),
         ("lr_min", lambda v, c: math.isfinite(v) and 0 <= v <= c.lr_max, "in [0, lr_max]"),
-        ("warmup_steps", at_least(0), ">= 0"),
+        ("lr_warmup", finite(0, 1), "in [0, 1] (a fraction of max_steps)"),
         ("lr_cycles", at_least(1), ">= 1"),
         ("lr_damping", finite(0, 1), "in [0, 1]"),
         ("weight_decay", finite(0, math.inf), ">= 0"),
@@ -243,7 +243,8 @@ def prepare_args(argv, doc):
     p.add_argument("--rank", type=int, help="this machine's number in [0, --world) (default: from RANK or Slurm, else 0)")
     p.add_argument("--world", type=int, help="machines sharing --step encode; machine r encodes input files r, "
                                              "r + world, ... (default: from WORLD_SIZE or Slurm, else 1)")
-    p.add_argument("--text_field", default="text", help="JSON / parquet field(s) holding the text, e.g. title,content")
+    p.add_argument("--text_field", default="text",
+                   help="JSON / CSV / parquet field(s) holding the text, e.g. title,content (CSV: its first line's names)")
     p.add_argument("--encoding", default="utf-8", help="input encoding, e.g. gb18030 for legacy files")
     p.add_argument("--vocab_size", type=int, default=32000, help="a multiple of 64")
     p.add_argument("--tokenizer", help="reuse this tokenizer.json instead of training one")
