@@ -13,7 +13,7 @@ Three steps, each of which scales; `python prepare.py` runs all three on this ma
             N encodes files r, r + N, ...; a finished file is skipped when the step runs again;
   finalize  once: check every shard, then write the manifest (meta.json) in input-file order.
 Training never runs a tokenizer or a segmenter again. The files are described in dataset.py;
-docs/method.md §1-2 explains the method, the README the recipe for many machines.
+docs/method.md §1-2 explains the method, docs/data.md the recipe for many machines.
 """
 import hashlib, json, os, time, unicodedata
 

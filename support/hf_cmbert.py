@@ -6,8 +6,8 @@ paper's choice, which transformers' own ModernBERT lacks). transformers then loa
 with trust_remote_code=True, importing this file as part of a package, so `from .cmbert import`
 finds the copy of cmbert.py beside it:
 
-    from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
-    tok = AutoTokenizer.from_pretrained("hf_out")
+    from transformers import AutoModelForMaskedLM, PreTrainedTokenizerFast, pipeline
+    tok = PreTrainedTokenizerFast.from_pretrained("hf_out")  # a plain tokenizer: no code
     model = AutoModelForMaskedLM.from_pretrained("hf_out", trust_remote_code=True)
     pipeline("fill-mask", model=model, tokenizer=tok)("北京是中国的[MASK]都。")
 

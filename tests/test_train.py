@@ -106,6 +106,16 @@ def test_schedules_at_their_defining_points():
     assert {train.mask_rate(s, const) for s in range(0, const.max_steps, 37)} == {0.2}
 
 
+def test_schedules_are_fractions_so_a_short_run_is_the_recipe_in_miniature():
+    for steps, warm, switch in [(850, 30, 765), (60, 2, 54), (8500, 298, 7650)]:
+        cfg = train.TrainConfig(max_steps=steps)
+        lrs = [train.learning_rate(s, cfg) for s in range(steps)]
+        assert max(range(steps), key=lambda s: lrs[s]) == warm - 1, "the warm-up ends at lr_max"
+        assert [st.first for st in train.stages(cfg)] == [0, switch]
+        rates = [train.mask_rate(s, cfg) for s in range(steps)]
+        assert max(range(steps), key=lambda s: rates[s]) == round(0.05 * steps)
+
+
 def test_config_tiny_is_the_default_run():
     default, _ = train.parse_args([])
     tiny, set_there = train.parse_args([os.path.join(ROOT, "config", "tiny.py")])
@@ -154,10 +164,16 @@ def test_validation_scores_only_masked_positions_with_baselines_on_the_same_posi
 def test_bad_settings_and_data_dir(tmp_path, tiny_data):
     for args, message in [(["--nope=1"], "unknown setting 'nope'"), (["--max_steps=ten"], "max_steps must be int"),
                           (["--compile=yes"], "compile must be bool"), (["max_steps=3"], "neither a config file"),
-                          ([f"--data_dir={tmp_path}"], "no meta.json")]:
+                          ([f"--data_dir={tmp_path}"], "no meta.json"),
+                          ([f"--data_dir={tmp_path / 'mien'}"], f"--data_dir={tmp_path / 'mien'}: no such directory")]:
         r = run_train(*args, f"--out_dir={tmp_path / 'out'}")
         assert r.returncode != 0 and message in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1
+    # a mistyped --data_dir is named first, also where --out_dir holds a finished run
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "ckpt.pt").write_bytes(b"")
+    r = run_train(f"--data_dir={tmp_path / 'mien'}", f"--out_dir={tmp_path / 'out'}")
+    assert r.returncode != 0 and f"--data_dir={tmp_path / 'mien'}: no such directory" in r.stderr, r.stderr
     r = run_train("--help")
     assert r.returncode == 0 and "mask_warmup" in r.stdout
 
