@@ -123,7 +123,7 @@ def bench_encode(args):
     given corpus and on it repeated to >= --scale_to bytes of text: characters and tokens per second,
     and peak memory per worker (each done record holds its worker's peak), which should not depend
     on the size of the corpus. The two worker counts must give the same dataset (its fingerprint)."""
-    import corpus
+    from support import corpus
     root = os.path.abspath(os.path.join(args.bench_dir, "prepare"))
     files = corpus.resolve_inputs(args.input)
     raw = text_bytes(files)
@@ -197,7 +197,7 @@ def bench_startup(args):
     about each of --sizes training tokens made of copies of it (scaled_dataset). Each is timed in a
     fresh process: a 2-step run (one stage of 2 x 1,024 tokens, 2 validation windows, no compile, no
     demo), its time to the first step, its wall time and its peak resident memory."""
-    import corpus
+    from support import corpus
     root = os.path.abspath(os.path.join(args.bench_dir, "startup"))
     files = corpus.resolve_inputs(args.input)
     base = os.path.join(root, "x1")
@@ -320,7 +320,7 @@ def gpu_runs():
 def bench_model_gpu(args, device="cuda", preset="base", shapes=((16, 1024), (2, 8192))):
     """base preset, bf16 autocast, full training step: cmbert (each backend, eager and compiled, full
     rows and packed documents) against transformers' ModernBERT, one process, same shapes."""
-    from runtime import compile_seconds
+    from support.runtime import compile_seconds
     peak = matmul_flops(device)
     print(f"measured bf16 matmul rate (8192^3): {peak / 1e12:.0f} TFLOP/s (the MFU denominator)")
     print(f"{preset} preset, bf16 autocast, fused AdamW, 30% labelled, {args.steps} timed steps after 3 warm-up; "
@@ -562,7 +562,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_peak":
         peak_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
         sys.exit()
-    from settings import ArgParser
+    from support.settings import ArgParser
     p = ArgParser("bench.py", __doc__, epilog=__doc__.strip().split("\n\n", 1)[1])
     p.add_argument("what", choices=["prepare", "startup", "model", "finetune", "masking"])
     p.add_argument("--data_dir", default="data/default")

@@ -434,7 +434,7 @@ class PreTrained(nn.Module):
     def save_pretrained(self, out_dir, extra_config=None):
         """model.safetensors, then config.json (last: a folder without it is incomplete), with
         extra_config added to it (train.py records the tokenizer's sha256 there)."""
-        from model_files import save_pretrained
+        from support.model_files import save_pretrained
         save_pretrained(self, out_dir, extra_config)
 
     @classmethod
@@ -443,7 +443,7 @@ class PreTrained(nn.Module):
         ModernBERT folder, exactly, or refuse it in one line naming the file. kwargs override config
         fields that do not shape the weights (attn_backend, dropout) or go to the constructor
         (num_labels)."""
-        from model_files import load_pretrained
+        from support.model_files import load_pretrained
         return load_pretrained(cls, CMBertConfig, model_dir, **kwargs)
 
 
@@ -485,17 +485,20 @@ class CMBert(PreTrained):
         self.decoder.bias.copy_(logp)
         return logp
 
-    def forward(self, input_ids, attention_mask=None, labels=None, cu_seqlens=None, rope_theta_global=None):
+    def forward(self, input_ids, attention_mask=None, labels=None, cu_seqlens=None, rope_theta_global=None,
+                reduction="mean"):
         """Returns (logits, loss). Without labels: logits for every token, (*input_ids.shape, V),
         and loss None. With labels: sparse prediction. The head runs only on the positions whose
-        label is not -100, so logits are (n_labelled, V) and loss is their mean cross-entropy."""
+        label is not -100, so logits are (n_labelled, V) and loss is their mean cross-entropy
+        (reduction="sum": their sum, which train.py divides by the masked tokens of the whole step)."""
         h = self.model(input_ids, attention_mask, cu_seqlens, rope_theta_global)
         if labels is None:
             return self.decoder(self.head(h)), None
         sel = labels != -100
         logits = self.decoder(self.head(h[sel]))
-        # sum / count rather than mean: with no labelled token this is 0 with zero gradients, not NaN
-        loss = F.cross_entropy(logits.float(), labels[sel], reduction="sum") / sel.sum().clamp(min=1)
+        loss = F.cross_entropy(logits.float(), labels[sel], reduction="sum")
+        if reduction == "mean":  # sum / count, not a mean: with no labelled token it is 0, not NaN
+            loss = loss / sel.sum().clamp(min=1)
         return logits, loss
 
     def save_hf(self, out_dir, tokenizer_file=None):
@@ -504,7 +507,7 @@ class CMBert(PreTrained):
         (and then also a sentence-transformers model: the encoder and cmbert's mean pooling):
         transformers' own ModernBERT for norm="layernorm"; for the paper's RMSNorm, this file and
         hf_cmbert.py travel with it (trust_remote_code=True)."""
-        from model_files import save_hf
+        from support.model_files import save_hf
         save_hf(self, out_dir, tokenizer_file)
 
 

@@ -24,18 +24,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import runtime, settings
-from clue_data import (cmrc_em, cmrc_f1, find_tasks, pearson, read_c3, read_classification, read_cmrc,
-                       read_simclue_pairs, read_simclue_triples, spearman)
-from clue_results import aggregate, markdown_table, save_model
 from cmbert import (CMBert, CMBertConfig, CMBertForMultipleChoice, CMBertForSequenceClassification, CMBertForSpans,
                     mean_pool)
-from errors import Refused, script
-from files import write_json
-from model_files import check_model_dir, check_tokenizer, read_config
-from tokens import CLS_ID, SEP_ID
-
-EvalError = Refused  # the name this module's callers know
+from support import runtime, settings
+from support.clue_data import (cmrc_em, cmrc_f1, find_tasks, pearson, read_c3, read_classification, read_cmrc,
+                               read_simclue_pairs, read_simclue_triples, spearman)
+from support.clue_results import aggregate, markdown_table, save_model
+from support.errors import Refused, script
+from support.files import write_json
+from support.model_files import check_model_dir, check_tokenizer, read_config
+from support.tokens import CLS_ID, SEP_ID
 
 # Per-task defaults from the CLUE baselines: files, task kind, epochs, lr, batch, length, seeds.
 # The two tasks whose scores move most between runs (CLUEWSC2020: 304 dev rows; CSL: a small,

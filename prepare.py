@@ -13,16 +13,16 @@ Three steps, each of which scales; `python prepare.py` runs all three on this ma
             N encodes files r, r + N, ...; a finished file is skipped when the step runs again;
   finalize  once: check every shard, then write the manifest (meta.json) in input-file order.
 Training never runs a tokenizer or a segmenter again. The files are described in dataset.py;
-docs/method.md §1-2 explains the method, the README the recipe for many machines.
+docs/method.md §1-2 explains the method, docs/data.md the recipe for many machines.
 """
 import hashlib, json, os, time, unicodedata
 
 import numpy as np
 from tqdm import tqdm
 
-import corpus, dataset, settings
-from errors import Refused, in_worker, script
-from tokens import CLS_ID, MASK_ID, N_BYTE_TOKENS, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, check_fits, load_tokenizer
+from support import corpus, dataset, settings
+from support.errors import Refused, in_worker, script
+from support.tokens import CLS_ID, MASK_ID, N_BYTE_TOKENS, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, check_fits, load_tokenizer
 
 MIN_VAL_CHARS = 16384  # "at least a few thousand tokens" of validation, even for small corpora
 READ_BYTES = 1 << 20   # a text line longer than this is read in parts
@@ -452,7 +452,8 @@ def main(argv=None):
     args = settings.prepare_args(argv, __doc__)
     if args.tokenizer:
         check_fits(load_tokenizer(args.tokenizer), args.tokenizer, args.vocab_size, owner="the dataset")
-    files, readers = (corpus.resolve_inputs(args.input), {}) if args.input else default_corpus()
+    files, readers = (corpus.resolve_inputs(args.input, doc_format=args.doc_format), {}) if args.input \
+        else default_corpus()
     config = settings.dataset_settings(args, files)
     plan = step_vocab(args, files, readers, config) if args.step in ("all", "vocab") else \
         dataset.read_plan(args.out_dir, config)

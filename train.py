@@ -2,7 +2,7 @@
 Pre-train Chinese ModernBERT with the paper's recipe: whole-word masking with a 15 -> 30 -> 15%
 curriculum, a damped-cosine learning rate, and a 1,024 -> 8,192 sequence-length stage switch.
 
-    python train.py                                   # the tiny CPU demo (config/tiny.py), ~8 minutes
+    python train.py                                   # the ten-minute CPU run (config/tiny.py)
     python train.py config/base.py --max_steps=2000   # a config file, then overrides
     torchrun --standalone --nproc_per_node=8 train.py config/paper_large.py
     python train.py --help                            # every setting with its default
@@ -14,10 +14,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import plot, run_files, runtime, settings
-from dataset import load as load_data
 from cmbert import ATTN_BACKENDS, NORMS, PRESETS, CMBert, config_from_preset, flash_attn_available
-from errors import Refused, script
+from support import run_files, runtime, settings
+from support.dataset import load as load_data
+from support.errors import Refused, script
+from support.fill_mask import demo
+from support.plots import plot_run
 
 
 @dataclass
@@ -27,15 +29,17 @@ class TrainConfig:
     norm: str = "rmsnorm"            # the paper's RMSNorm; "layernorm" = ModernBERT exactly (exports without remote code)
     # The recipe's stages, one plain record each, looked up by step: `start` is where the stage
     # begins (a fraction of max_steps; the first starts at 0), `seq_len` its window length,
-    # `batch_size` its sequences per micro-step and process, `rope_theta` the global layers' RoPE
-    # theta (local layers keep rope_theta_local). Tokens per step are batch_size * seq_len *
-    # grad_accum * processes; they change at a switch unless the batch sizes keep them constant.
-    # Adding a stage is adding a record here (or in a config file).
+    # `batch_size` its windows per micro-step (the global batch: each of N processes takes
+    # batch_size / N of them), `rope_theta` the global layers' RoPE theta (local layers keep
+    # rope_theta_local). Tokens per step are batch_size * seq_len * grad_accum on any number of
+    # processes; they change at a switch unless the batch sizes keep them constant. Adding a stage
+    # is adding a record here (or in a config file). Every schedule length is a fraction of
+    # max_steps, so a shorter run is the same recipe in miniature.
     stages: list = field(default_factory=lambda: [
         dict(start=0.0, seq_len=256, batch_size=8, rope_theta=10000.0),
         dict(start=0.9, seq_len=2048, batch_size=1, rope_theta=80000.0)])
     max_steps: int = 850
-    grad_accum: int = 1              # micro-steps per optimiser step
+    grad_accum: int = 1              # micro-steps per optimiser step (less memory, the same step)
     # whole-word masking curriculum: linear min -> max over mask_warmup, then back to min at the end
     whole_word: bool = True          # False: mask single tokens instead of whole-word units (an ablation)
     mask_min: float = 0.15
@@ -45,7 +49,7 @@ class TrainConfig:
     lr_schedule: str = "damped_cosine"  # or "cosine": one plain cosine from lr_max to lr_min (an ablation)
     lr_max: float = 2e-3
     lr_min: float = 2e-4
-    warmup_steps: int = 30
+    lr_warmup: float = 0.035         # linear warm-up: a fraction of max_steps (30 of the default's 850)
     lr_cycles: int = 2               # N: cosine half-periods are 2N - 1, so it ends in a valley
     lr_damping: float = 0.5          # gamma: the peaks decay linearly to gamma * lr_max
     embedding_lr_scale: float = 1.0  # the (tied) embedding's learning rate, as a multiple of lr
@@ -64,7 +68,7 @@ class TrainConfig:
     seed: int = 1337
     max_bad_steps: int = 5           # consecutive non-finite steps before the run stops
     eval_interval: int = 100
-    eval_windows: int = 64           # validation windows of the first stage's length, spread over val.bin
+    eval_windows: int = 64           # validation windows of the first stage's length, spread over the validation split
     eval_long_len: int = 0           # long-document windows: 0 = the last stage's length (set it to compare a one-stage run)
     ckpt_interval: int = 100
     resume: bool = False
@@ -85,11 +89,13 @@ def mask_rate(step, cfg):
 
 
 def learning_rate(step, cfg):
-    """Linear warm-up, then eta(p) = (P + V)/2 + (P - V)/2 cos(pi (2N - 1) p) with decaying peaks
-    P(p) = lr_max (1 - (1 - gamma) p) and valleys V(p) = lr_max/2 (1 - p) + lr_min p (docs/method.md §4)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr_max * (step + 1) / cfg.warmup_steps
-    p = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    """Linear warm-up over the first lr_warmup of the steps, then eta(p) = (P + V)/2 + (P - V)/2
+    cos(pi (2N - 1) p) with decaying peaks P(p) = lr_max (1 - (1 - gamma) p) and valleys
+    V(p) = lr_max/2 (1 - p) + lr_min p (docs/method.md §4)."""
+    warm = round(cfg.lr_warmup * cfg.max_steps)
+    if step < warm:
+        return cfg.lr_max * (step + 1) / warm
+    p = min(1.0, (step - warm) / max(1, cfg.max_steps - warm))
     if cfg.lr_schedule == "cosine":  # the ablation: no oscillation, no damping
         return cfg.lr_min + (cfg.lr_max - cfg.lr_min) * (1 + math.cos(math.pi * p)) / 2
     peak = cfg.lr_max * (1 - (1 - cfg.lr_damping) * p)
@@ -101,7 +107,7 @@ def learning_rate(step, cfg):
 class Stage:
     start: float        # fraction of max_steps where the stage begins
     seq_len: int        # tokens per window
-    batch_size: int     # windows per micro-step and process
+    batch_size: int     # windows per micro-step, over all processes
     rope_theta: float   # RoPE theta of the global layers during this stage
     first: int = field(default=0, compare=False)  # its first step and the step after its last,
     end: int = field(default=0, compare=False)    # computed once by stages()
@@ -126,11 +132,11 @@ def stage_at(step, plan):
     return i, plan[i]
 
 
-def step_tokens(step, plan, world, grad_accum=None):
+def step_tokens(step, plan, grad_accum=None):
     """Tokens seen after `step` optimiser steps (a function of the step, so resumed logs match)."""
     if isinstance(plan, TrainConfig):
         plan, grad_accum = stages(plan), plan.grad_accum
-    return sum(max(0, min(step, st.end) - st.first) * st.batch_size * st.seq_len for st in plan) * grad_accum * world
+    return sum(max(0, min(step, st.end) - st.first) * st.batch_size * st.seq_len for st in plan) * grad_accum
 
 
 # ------------------------------------------------------------------------------------------
@@ -190,13 +196,16 @@ def make_batch(split_data, starts, rates, rngs, meta, T, mask_only=False, whole_
 
 
 def train_batch(data, meta, cfg, step, micro, rank, world, B, T, rate=None):
-    """Row g of the global batch at `step` is drawn by its own generator, seeded by (seed, step, g):
-    the same global batch whatever the number of processes, and a resumed run needs only the step."""
+    """This process' share of micro-batch `micro` of the global batch at `step` (B windows of T tokens
+    over all processes; rank r takes rows r * B/world, ...). Row g is drawn by its own generator,
+    seeded by (seed, step, g): the same global batch whatever the number of processes, and a resumed
+    run needs only the step."""
     ids = data["train"][0]
-    gens = [np.random.default_rng([cfg.seed, step, (micro * world + rank) * B + i]) for i in range(B)]
+    share = B // world
+    gens = [np.random.default_rng([cfg.seed, step, micro * B + rank * share + i]) for i in range(share)]
     starts = [int(g.integers(0, len(ids) - T)) for g in gens]
     rate = mask_rate(step, cfg) if rate is None else rate
-    return make_batch(data["train"], starts, [rate] * B, gens, meta, T, whole_word=cfg.whole_word)
+    return make_batch(data["train"], starts, [rate] * share, gens, meta, T, whole_word=cfg.whole_word)
 
 
 # ------------------------------------------------------------------------------------------
@@ -206,7 +215,7 @@ VAL_RATE = 0.15  # fixed, so validation scores compare across steps, stages and 
 
 
 def val_batches(data, meta, T, n_windows, B):
-    """Fixed validation windows, spread evenly over val.bin, with a fixed whole-word mask shown
+    """Fixed validation windows, spread evenly over the validation split, with a fixed whole-word mask shown
     entirely as [MASK]: comparable across steps and runs, and nothing to copy."""
     ids = data["val"][0]
     T = min(T, len(ids))
@@ -278,30 +287,39 @@ def evaluate(model, batches, baseline, device, autocast, theta, split_at=None):
 # One optimiser step
 
 def forward_backward(model, data, meta, cfg, procs, step, st, rate, autocast):
-    """The gradient of the mean loss over grad_accum micro-batches; returns that loss (on the
-    device: one host synchronisation per step, not per micro-step)."""
+    """The gradient of one step's loss: the mean cross-entropy over every masked token of the global
+    batch (all micro-batches of all processes), so a step means the same on 1 or 64 processes and with
+    any grad_accum. Returns this process' part of that loss (on the device: one host synchronisation
+    per step, not per micro-step)."""
+    batches = [train_batch(data, meta, cfg, step, micro, procs.rank, procs.world, st.batch_size, st.seq_len, rate)
+               for micro in range(cfg.grad_accum)]
+    # every micro-batch's summed loss is divided by the masked tokens of the whole step; times the
+    # number of processes, because DDP averages their gradients
+    count = torch.tensor(sum(int((labels != -100).sum()) for _, labels, _ in batches), device=procs.device)
+    if procs.ddp:
+        torch.distributed.all_reduce(count)
+    per_token = count.clamp(min=1) / procs.world
     loss_sum = torch.zeros((), device=procs.device)
-    for micro in range(cfg.grad_accum):
-        inputs, labels, cu = train_batch(data, meta, cfg, step, micro, procs.rank, procs.world, st.batch_size,
-                                         st.seq_len, rate)
+    for micro, (inputs, labels, cu) in enumerate(batches):
         if procs.ddp:  # synchronise gradients only on the last micro-step
             model.require_backward_grad_sync = micro == cfg.grad_accum - 1
         with autocast:
             _, loss = model(inputs.to(procs.device), labels=labels.to(procs.device), cu_seqlens=cu.to(procs.device),
-                            rope_theta_global=st.rope_theta)
-        (loss / cfg.grad_accum).backward()
-        loss_sum += loss.detach().float() / cfg.grad_accum
+                            rope_theta_global=st.rope_theta, reduction="sum")
+        loss = loss / per_token
+        loss.backward()
+        loss_sum += loss.detach()
     return loss_sum
 
 
 def update(model, optimizer, loss, cfg, procs):
     """Clip the gradient and step, or skip the step if the loss or the gradient is not finite on
-    any process. Returns (loss averaged over processes, skipped)."""
+    any process. Returns (the step's loss, skipped)."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     bad = (~(torch.isfinite(loss) & torch.isfinite(norm))).float()
     if procs.ddp:
         torch.distributed.all_reduce(bad)
-        torch.distributed.all_reduce(loss, op=torch.distributed.ReduceOp.AVG)
+        torch.distributed.all_reduce(loss, op=torch.distributed.ReduceOp.AVG)  # each part carries world / count
     skipped = bad.item() > 0
     if not skipped:
         optimizer.step()
@@ -336,18 +354,22 @@ def main(argv=None):
     # settings: defaults < config files < command line; a resume takes the checkpoint's for the rest
     cfg, explicit = parse_args(argv)
     check_settings(cfg)
+    meta, data = load_data(cfg.data_dir)  # the data first: a mistyped --data_dir is named before anything else
     ckpt, ckpt_path = None, os.path.join(cfg.out_dir, "ckpt.pt")
     if cfg.resume:
         ckpt, cfg = run_files.load_checkpoint(cfg, explicit, check_settings)
     run_files.check_out_dir(cfg.out_dir, cfg.data_dir, cfg.resume, master=os.environ.get("RANK", "0") == "0")
-    meta, data = load_data(cfg.data_dir)
     procs = runtime.start(cfg.device)
     cfg.device = procs.device
+    plan = stages(cfg)
+    uneven = next((i for i, st in enumerate(plan) if st.batch_size % procs.world), None)
+    if uneven is not None:
+        raise Refused(f"stage {uneven + 1}'s batch_size {plan[uneven].batch_size} cannot be shared by {procs.world} "
+                      f"processes: a stage's batch is the global batch, and each process takes an equal share")
     torch.manual_seed(cfg.seed)
 
     # the model: the preset's shape, the data's vocabulary, and the last stage's length and RoPE theta
     # (the saved model is the one after the last stage; each stage passes its theta at every forward)
-    plan = stages(cfg)
     train_len = max(st.seq_len for st in plan)
     longest = max(train_len, cfg.eval_long_len)  # the model's max_seq_len: training and long-document windows
     mcfg = config_from_preset(cfg.preset, vocab_size=meta["vocab_size"], norm=cfg.norm, attn_backend=cfg.attn_backend,
@@ -408,14 +430,14 @@ def main(argv=None):
             raise Refused(f"{bad_steps} non-finite steps in a row at step {step}; stopping. "
                           f"The last good checkpoint is {ckpt_path} (try a lower --lr_max)")
         step += 1
-        n_tokens = st.batch_size * st.seq_len * cfg.grad_accum * procs.world
+        n_tokens = st.batch_size * st.seq_len * cfg.grad_accum  # over all processes
         tokens_seen += n_tokens
         if not procs.master:
             continue
         # log the step
         tok_s = n_tokens / (time.time() - t0)
         mfu = raw_model.estimate_mfu(tok_s / procs.world, st.seq_len, peak_flops, rate)
-        run_files.append_log(log_path, dict(step=step, tokens=step_tokens(step, plan, procs.world, cfg.grad_accum),
+        run_files.append_log(log_path, dict(step=step, tokens=step_tokens(step, plan, cfg.grad_accum),
                                             stage=stage + 1, seq_len=st.seq_len, lr=lr, mask_rate=round(rate, 6),
                                             loss=round(loss, 6), skipped=skipped, tok_s=round(tok_s)))
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", mask=f"{rate:.2f}", tok_s=f"{tok_s:,.0f}",
@@ -436,13 +458,12 @@ def main(argv=None):
         # checkpoint: the model folder, then ckpt.pt; and the plot
         if step % cfg.ckpt_interval == 0 or last:
             run_files.save_checkpoint(cfg, raw_model, optimizer, step, mcfg, meta, code)
-            plot.plot_run(log_path, os.path.join(cfg.out_dir, "train.png"))
+            plot_run(log_path, os.path.join(cfg.out_dir, "train.png"))
     bar.close()
     if procs.master:
         run_files.print_summary(step, tokens_seen, time.time() - t_start, results, long_results, T_eval, T_long, cfg.out_dir)
         if cfg.demo:
-            import use
-            use.demo(raw_model, os.path.join(cfg.data_dir, "tokenizer.json"), procs.device)
+            demo(raw_model, os.path.join(cfg.data_dir, "tokenizer.json"), procs.device)
     runtime.stop(procs)
 
 

@@ -5,7 +5,7 @@ max_steps = 20000
 grad_accum = 2
 stages = [dict(start=0.0, seq_len=1024, batch_size=64, rope_theta=80000.0),
           dict(start=0.9, seq_len=8192, batch_size=8, rope_theta=80000.0)]
-lr_max, lr_min, warmup_steps = 8e-4, 8e-5, 1000
+lr_max, lr_min, lr_warmup = 8e-4, 8e-5, 0.05      # warm-up: 1,000 of the 20,000 steps
 lr_cycles, lr_damping = 3, 0.5
 eval_interval = 500
 ckpt_interval = 1000

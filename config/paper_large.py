@@ -11,7 +11,7 @@ grad_accum = 16
 stages = [dict(start=0.0, seq_len=1024, batch_size=32, rope_theta=80000.0),
           dict(start=0.9, seq_len=8192, batch_size=4, rope_theta=80000.0)]
 mask_min, mask_max, mask_warmup = 0.15, 0.30, 0.05
-lr_max, lr_min, warmup_steps = 5e-4, 5e-5, 3000
+lr_max, lr_min, lr_warmup = 5e-4, 5e-5, 0.012     # warm-up: 3,000 of the 250,000 steps
 lr_cycles, lr_damping = 4, 0.5
 eval_interval = 2000
 ckpt_interval = 2000

@@ -9,7 +9,7 @@ stages = [dict(start=0.0, seq_len=256, batch_size=8, rope_theta=10000.0),
           dict(start=0.9, seq_len=2048, batch_size=1, rope_theta=80000.0)]
 max_steps = 850
 mask_min, mask_max, mask_warmup = 0.15, 0.30, 0.05
-lr_max, lr_min, warmup_steps = 2e-3, 2e-4, 30
+lr_max, lr_min, lr_warmup = 2e-3, 2e-4, 0.035     # warm-up: 30 of the 850 steps
 lr_cycles, lr_damping = 2, 0.5
 eval_interval = 100
 eval_windows = 64

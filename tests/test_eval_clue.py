@@ -6,8 +6,9 @@ import pytest
 import torch
 from conftest import ROOT, SENTENCES
 
-import clue_data
+from support import clue_data
 import eval_clue
+from support.errors import Refused
 from cmbert import CMBert, CMBertConfig
 
 S = ["蚂蚁借呗等额还款可以换成先息后本吗", "借呗有先息到期还本吗", "花呗支持高铁票支付吗", "为什么友付宝不支持花呗付款",
@@ -131,7 +132,7 @@ def test_wsc_marks_spans_in_either_order(tmp_path):
            "label": "false", "idx": 0}
     assert clue_data.mark_wsc(row, "x", 1) == "<她>说[小红]想看书。"
     row["target"]["span1_index"] = 3
-    with pytest.raises(eval_clue.EvalError, match="x: line 1: span1_text '小红' is not at span1_index 3"):
+    with pytest.raises(Refused, match="x: line 1: span1_text '小红' is not at span1_index 3"):
         clue_data.mark_wsc(row, "x", 1)
 
 
@@ -451,7 +452,7 @@ def test_every_task_validated_first_and_results_written_after_each(tmp_path, clu
 
     def failing(task, *a):
         if task == "tnews":
-            raise eval_clue.EvalError("tnews: simulated failure")
+            raise Refused("tnews: simulated failure")
         return real(task, *a)
     monkeypatch.setattr(eval_clue.CLASSIFY, "run", failing)
     msg = evaluate("--model_dir", model_dir, "--data_dir", clue_dir, "--tasks", "afqmc,tnews", "--epochs", "1", "--out", out)

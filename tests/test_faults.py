@@ -9,10 +9,10 @@ import torch
 from conftest import ROOT, make_corpus, shard_names
 
 import prepare
-import run_files
+from support import run_files
 import train
 
-TRAIN = ["--stages=[(0, 64, 2, 1e4)]", "--eval_windows=2", "--warmup_steps=2",
+TRAIN = ["--stages=[(0, 64, 2, 1e4)]", "--eval_windows=2", "--lr_warmup=0.2",
          "--progress=False", "--demo=False", "--eval_interval=3", "--ckpt_interval=2"]
 
 KILLER = """
@@ -180,7 +180,7 @@ def test_kill_during_prepare_renames(tmp_path, corpus_file):
 
 
 def test_atomic_path(tmp_path):
-    from files import atomic_path, write_json
+    from support.files import atomic_path, write_json
     target, victim = tmp_path / "x.json", tmp_path / "victim"
     victim.write_text("keep")
     os.symlink(victim, tmp_path / "x.json.tmp")
@@ -429,7 +429,7 @@ TRAIN_SETTINGS = [
     ("--beta2=1.5", "beta2=1.5: must be in [0, 1)"), ("--beta1=-0.1", "beta1=-0.1: must be in [0, 1)"),
     ("--lr_max=0", "lr_max=0.0: must be > 0"), ("--lr_max=1e400", "lr_max=inf: must be > 0"),
     ("--lr_min=0.1 --lr_max=0.01", "lr_min=0.1: must be in [0, lr_max]"),
-    ("--warmup_steps=-1", "warmup_steps=-1: must be >= 0"), ("--lr_cycles=0", "lr_cycles=0: must be >= 1"),
+    ("--lr_warmup=-1", "lr_warmup=-1.0: must be in [0, 1]"), ("--lr_cycles=0", "lr_cycles=0: must be >= 1"),
     ("--lr_damping=2", "lr_damping=2.0: must be in [0, 1]"), ("--weight_decay=-1", "weight_decay=-1.0: must be >= 0"),
     ("--grad_clip=-1", "grad_clip=-1.0: must be >= 0"),
     ("--seed=-1", "seed=-1: must be in [0, 2^63)"), ("--out_dir=", "out_dir='': must be a directory"),

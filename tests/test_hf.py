@@ -64,6 +64,20 @@ def test_masked_lm_logits_match(export):
     assert torch.equal(back, ours)
 
 
+def test_the_tokenizer_alone_needs_no_code(export):
+    """An export's tokenizer loads with no custom code, no prompt and no warning through
+    PreTrainedTokenizerFast (AutoTokenizer reads config.json first, which for an RMSNorm model names
+    cmbert's code: that is why the model card shows both)."""
+    _, folder = export
+    r = subprocess.run([sys.executable, "-c", f"from transformers import PreTrainedTokenizerFast as T; "
+                        f"t = T.from_pretrained({str(folder)!r}); print(t('北京是中国的首都。').input_ids, "
+                        f"t.mask_token, t.pad_token_id)"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    ids, mask, pad = r.stdout.rsplit(" ", 2)
+    assert (mask, pad.strip()) == ("[MASK]", "0") and ids.startswith("[2, ") and ids.endswith(", 3]")
+    assert "PreTrainedTokenizerFast.from_pretrained" in (folder / "README.md").read_text(encoding="utf-8")
+
+
 def test_tokenizer_pipeline_and_embeddings(export):
     model, out = export
     tok = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=True)

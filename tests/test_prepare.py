@@ -114,7 +114,7 @@ def test_formats_jsonl_json_gzip_fields_and_tokenizer_reuse(tmp_path, tiny_data)
         f.writelines(json.dumps({"title": t[:5], "content": t}, ensure_ascii=False) + "\n" for t in docs[:20])
     (d / "sub" / "b.json").write_text(json.dumps([{"title": "标题", "content": t} for t in docs[20:]],
                                                  ensure_ascii=False), encoding="utf-8")
-    (d / "ignored.csv").write_text("not read\n")
+    (d / "ignored.md").write_text("not read\n")
     out = tmp_path / "out"
     r = run_prepare("--input", d, "--out_dir", out, "--text_field", "title,content",
                     "--tokenizer", tiny_data / "tokenizer.json")
@@ -126,6 +126,42 @@ def test_formats_jsonl_json_gzip_fields_and_tokenizer_reuse(tmp_path, tiny_data)
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     stored = [tok.decode(d.tolist()) for split in ["train", "val"] for d, _ in documents(*load(out, split))]
     assert unicodedata.normalize("NFKC", docs[0][:5] + "\n" + docs[0]) in stored
+
+
+def test_csv_and_tsv_corpora_and_what_is_said_about_odd_inputs(tmp_path):
+    """A CSV's header names the columns (--text_field); a quoted field may span lines; TSV and gzip
+    too. An empty file is skipped, and a file whose name does not say its kind is read as plain
+    text: both said in one line each."""
+    import csv
+    docs = make_corpus(60, seed=2)
+    d = tmp_path / "in"
+    d.mkdir()
+    with open(d / "a.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "title", "content"])
+        w.writerows([i, "标题", t.replace("。", "。\n", 1)] for i, t in enumerate(docs[:30]))  # quoted newlines
+    with gzip.open(d / "b.tsv.gz", "wt", encoding="utf-8", newline="") as f:
+        csv.writer(f, delimiter="\t").writerows([["title", "content"]] + [["标题", t] for t in docs[30:50]])
+    (d / "empty.jsonl").write_text("")
+    notes = tmp_path / "notes.md"
+    notes.write_text("\n".join(docs[50:]) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    r = run_prepare("--input", d, notes, "--out_dir", out, "--text_field", "title,content")
+    assert r.returncode == 0, r.stderr
+    assert f"{d / 'empty.jsonl'}: skipped (empty)" in r.stdout
+    assert f"{notes}: read as plain text, one document per line" in r.stdout
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["documents"] == 60 and len(meta["settings"]["sources"]) == 3
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    stored = {tok.decode(d.tolist()) for split in ["train", "val"] for d, _ in documents(*load(out, split))}
+    two = next(t for t in docs[:30] if t.index("。") < len(t) - 1)  # a row whose field spans two lines
+    assert unicodedata.normalize("NFKC", "标题\n" + two.replace("。", "。\n", 1)) in stored
+    (d / "c.csv").write_text("title,content\n标题,一,二\n", encoding="utf-8")
+    r = run_prepare("--input", d / "c.csv", "--out_dir", tmp_path / "bad", "--text_field", "title,content")
+    assert r.returncode != 0 and r.stderr.strip().endswith("c.csv: line 2: 3 fields, the header has 2"), r.stderr
+    r = run_prepare("--input", d / "a.csv", "--out_dir", tmp_path / "bad", "--text_field", "body")
+    assert r.returncode != 0 and "a.csv: no text column 'body' in its first line" in r.stderr, r.stderr
 
 
 def test_legacy_encoding(tmp_path):

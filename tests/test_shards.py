@@ -8,9 +8,9 @@ import torch
 from conftest import make_corpus, shard_names, split_arrays
 from test_faults import one_line, run
 
-import dataset
+from support import dataset
 import prepare
-import settings
+from support import settings
 import train
 
 SIZES = [500, 300, 250, 150]  # documents per input file: file 0 is the largest, so it is encoded first
@@ -119,7 +119,7 @@ def test_training_over_shards_is_bitwise_training_over_one(inputs, tmp_path):
     n, T = meta["train_tokens"], 128
     seed = crossing_seed(data["train"][0].ends[:-1], n, 3, 2, T)
     assert seed is not None, "a window that crosses a shard boundary"
-    common = ["--eval_windows=2", "--warmup_steps=2", "--progress=False", "--demo=False", "--max_steps=3",
+    common = ["--eval_windows=2", "--lr_warmup=0.2", "--progress=False", "--demo=False", "--max_steps=3",
               f"--stages=[(0, {T}, 2, 1e4)]", "--eval_interval=3", f"--seed={seed}"]
     for d in (many, one):
         r = run("train.py", *common, f"--data_dir={d}", f"--out_dir={tmp_path / ('run_' + d.name)}")

@@ -8,7 +8,7 @@ from conftest import ROOT
 
 import train
 
-SMALL = ["--eval_windows=2", "--warmup_steps=2", "--progress=False", "--demo=False"]
+SMALL = ["--eval_windows=2", "--lr_warmup=0.2", "--progress=False", "--demo=False"]
 DTYPES = ["float32", "bfloat16"]  # a CPU with native bf16 trains in bf16 by default (--dtype=auto): test both everywhere
 
 
@@ -77,14 +77,19 @@ def test_same_global_batch_whatever_the_world_size(data):
     meta, d = data
     cfg = train.TrainConfig(seed=3)
     whole = train.train_batch(d, meta, cfg, step=7, micro=0, rank=0, world=1, B=4, T=128)[0]
-    halves = [train.train_batch(d, meta, cfg, step=7, micro=0, rank=r, world=2, B=2, T=128)[0] for r in (0, 1)]
+    halves = [train.train_batch(d, meta, cfg, step=7, micro=0, rank=r, world=2, B=4, T=128)[0] for r in (0, 1)]
     assert torch.equal(whole, torch.cat(halves))
+    quarters = [train.train_batch(d, meta, cfg, step=7, micro=0, rank=r, world=4, B=4, T=128)[0] for r in range(4)]
+    assert torch.equal(whole, torch.cat(quarters))
+    # micro-batches are rows of the same global list: 2 micro-steps of 2 are the 4 rows of one
+    micro = [train.train_batch(d, meta, cfg, step=7, micro=m, rank=0, world=1, B=2, T=128)[0] for m in (0, 1)]
+    assert torch.equal(whole, torch.cat(micro))
     assert not torch.equal(whole, train.train_batch(d, meta, cfg, 8, 0, 0, 1, 4, 128)[0])
 
 
 def test_schedules_at_their_defining_points():
     cfg = train.TrainConfig(max_steps=1000, mask_min=0.15, mask_max=0.3, mask_warmup=0.05, lr_max=1e-3,
-                            lr_min=1e-5, warmup_steps=100, lr_cycles=2, lr_damping=0.5)
+                            lr_min=1e-5, lr_warmup=0.1, lr_cycles=2, lr_damping=0.5)
     assert train.mask_rate(0, cfg) == pytest.approx(0.15)
     assert train.mask_rate(50, cfg) == pytest.approx(0.30)
     assert train.mask_rate(525, cfg) == pytest.approx(0.225)
@@ -101,6 +106,16 @@ def test_schedules_at_their_defining_points():
     assert {train.mask_rate(s, const) for s in range(0, const.max_steps, 37)} == {0.2}
 
 
+def test_schedules_are_fractions_so_a_short_run_is_the_recipe_in_miniature():
+    for steps, warm, switch in [(850, 30, 765), (60, 2, 54), (8500, 298, 7650)]:
+        cfg = train.TrainConfig(max_steps=steps)
+        lrs = [train.learning_rate(s, cfg) for s in range(steps)]
+        assert max(range(steps), key=lambda s: lrs[s]) == warm - 1, "the warm-up ends at lr_max"
+        assert [st.first for st in train.stages(cfg)] == [0, switch]
+        rates = [train.mask_rate(s, cfg) for s in range(steps)]
+        assert max(range(steps), key=lambda s: rates[s]) == round(0.05 * steps)
+
+
 def test_config_tiny_is_the_default_run():
     default, _ = train.parse_args([])
     tiny, set_there = train.parse_args([os.path.join(ROOT, "config", "tiny.py")])
@@ -113,8 +128,8 @@ def test_stages_are_data():
     assert train.stage_at(49, cfg) == (0, train.Stage(0.0, 1024, 16, 1e4))
     assert train.stage_at(50, cfg) == (1, train.Stage(0.5, 2048, 8, 4e4))
     assert train.stage_at(89, cfg)[0] == 1 and train.stage_at(90, cfg) == (2, train.Stage(0.9, 8192, 2, 1.6e5))
-    assert train.step_tokens(100, cfg, world=1) == 50 * 16 * 1024 + 40 * 8 * 2048 + 10 * 2 * 8192
-    assert train.step_tokens(60, cfg, world=2) == 2 * (50 * 16 * 1024 + 10 * 8 * 2048)
+    assert train.step_tokens(100, cfg) == 50 * 16 * 1024 + 40 * 8 * 2048 + 10 * 2 * 8192  # on any number of processes
+    assert train.step_tokens(60, cfg) == 50 * 16 * 1024 + 10 * 8 * 2048
     for bad in [[], [(0.1, 128, 1, 1e4)], [(0, 128, 1, 1e4), (0, 256, 1, 1e4)], [(0, 128, 1, 1e4), (1.0, 256, 1, 1e4)]]:
         with pytest.raises(ValueError):
             train.stages(train.TrainConfig(stages=bad))
@@ -149,10 +164,16 @@ def test_validation_scores_only_masked_positions_with_baselines_on_the_same_posi
 def test_bad_settings_and_data_dir(tmp_path, tiny_data):
     for args, message in [(["--nope=1"], "unknown setting 'nope'"), (["--max_steps=ten"], "max_steps must be int"),
                           (["--compile=yes"], "compile must be bool"), (["max_steps=3"], "neither a config file"),
-                          ([f"--data_dir={tmp_path}"], "no meta.json")]:
+                          ([f"--data_dir={tmp_path}"], "no meta.json"),
+                          ([f"--data_dir={tmp_path / 'mien'}"], f"--data_dir={tmp_path / 'mien'}: no such directory")]:
         r = run_train(*args, f"--out_dir={tmp_path / 'out'}")
         assert r.returncode != 0 and message in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1
+    # a mistyped --data_dir is named first, also where --out_dir holds a finished run
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "ckpt.pt").write_bytes(b"")
+    r = run_train(f"--data_dir={tmp_path / 'mien'}", f"--out_dir={tmp_path / 'out'}")
+    assert r.returncode != 0 and f"--data_dir={tmp_path / 'mien'}: no such directory" in r.stderr, r.stderr
     r = run_train("--help")
     assert r.returncode == 0 and "mask_warmup" in r.stdout
 
@@ -202,21 +223,32 @@ def test_torchrun_two_processes_match_one(tmp_path, tiny_data, dtype):
                       f"--dtype={dtype}"]
     r1 = run_train(*common, one_stage(128, 4), f"--out_dir={tmp_path / 'one'}")
     assert r1.returncode == 0, r1.stderr
-    r2 = run_train(*common, one_stage(128, 2), f"--out_dir={tmp_path / 'two'}", torchrun=2)
+    r2 = run_train(*common, one_stage(128, 4), f"--out_dir={tmp_path / 'two'}", torchrun=2)  # the same global batch
     assert r2.returncode == 0, r2.stderr
-    assert "2 process(es)" in r2.stdout
+    assert "2 process(es)" in r2.stdout and "4 x 128 tokens (2 per process)" in r2.stdout
+    assert [r["tokens"] for r in read_log(tmp_path / "one") if "loss" in r] == \
+        [r["tokens"] for r in read_log(tmp_path / "two") if "loss" in r]
     one = [r["loss"] for r in read_log(tmp_path / "one") if "loss" in r]
     two = [r["loss"] for r in read_log(tmp_path / "two") if "loss" in r]
     assert len(one) == len(two) == 3
-    # same global batch; the only difference is a mean of two per-process means vs one mean
-    assert np.allclose(one, two, rtol=2e-3), (one, two)
+    # the same global batch and the same loss (the mean over every masked token of it): only the
+    # order of the float sums differs (and in bf16, products of other shapes round differently)
+    tol = 1e-5 if dtype == "float32" else 2e-3
+    assert np.allclose(one, two, rtol=tol), (one, two)
+    r3 = run_train(*common, one_stage(128, 3), f"--out_dir={tmp_path / 'three'}", torchrun=2)
+    assert r3.returncode != 0 and "stage 1's batch_size 3 cannot be shared by 2 processes: a stage's batch is the " \
+        "global batch, and each process takes an equal share" in r3.stderr, r3.stderr
+    # two micro-steps of 2 windows are the same step as one of 4 (the same rows, the same mean)
+    r4 = run_train(*common, one_stage(128, 2), "--grad_accum=2", f"--out_dir={tmp_path / 'accum'}")
+    assert r4.returncode == 0, r4.stderr
+    assert np.allclose(one, [r["loss"] for r in read_log(tmp_path / "accum") if "loss" in r], rtol=tol)
 
 
 def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tmp_path, tiny_data):
     out = tmp_path / "out"
     args = SMALL + [f"--data_dir={tiny_data}", "--max_steps=40", one_stage(), "--ckpt_interval=2",
                     "--eval_interval=100", "--max_bad_steps=2", f"--out_dir={out}"]
-    r = run_train(*args, "--lr_max=1e30", "--grad_clip=0", "--warmup_steps=1", "--weight_decay=0.0")
+    r = run_train(*args, "--lr_max=1e30", "--grad_clip=0", "--lr_warmup=0.03", "--weight_decay=0.0")
     assert r.returncode != 0 and "non-finite steps in a row" in r.stderr, r.stderr[-500:]
     ckpt = torch.load(out / "ckpt.pt", weights_only=False)
     rows = [x for x in read_log(out) if "loss" in x]
@@ -265,12 +297,12 @@ def test_token_level_masking_masks_single_tokens_at_the_requested_rate(data):
 
 def test_cosine_schedule_equals_its_formula():
     import math
-    cfg = train.TrainConfig(max_steps=1000, warmup_steps=100, lr_max=1e-3, lr_min=1e-5, lr_schedule="cosine")
+    cfg = train.TrainConfig(max_steps=1000, lr_warmup=0.1, lr_max=1e-3, lr_min=1e-5, lr_schedule="cosine")
     for step in [100, 250, 550, 999, 1000]:
         p = (step - 100) / 900
         assert train.learning_rate(step, cfg) == pytest.approx(1e-5 + (1e-3 - 1e-5) * (1 + math.cos(math.pi * p)) / 2)
     assert train.learning_rate(50, cfg) == pytest.approx(1e-3 * 51 / 100)  # the same warm-up
-    damped = train.TrainConfig(max_steps=1000, warmup_steps=100, lr_max=1e-3, lr_min=1e-5)
+    damped = train.TrainConfig(max_steps=1000, lr_warmup=0.1, lr_max=1e-3, lr_min=1e-5)
     assert train.learning_rate(700, damped) != pytest.approx(train.learning_rate(700, cfg))
 
 
@@ -329,7 +361,8 @@ def test_compare_plot_of_two_runs(tmp_path, long_data):
         assert r.returncode == 0, r.stderr
         assert (out / "train.png").stat().st_size > 10000
     configs = [read_log(out)[0]["config"] for out in runs]
-    assert plot.labels(configs) == ["whole_word=True", "whole_word=False"]
+    from support.plots import labels
+    assert labels(configs) == ["whole_word=True", "whole_word=False"]
     plot.main([str(runs[0]), str(runs[1]), "--out", str(tmp_path / "cmp.png")])
     assert (tmp_path / "cmp.png").stat().st_size > 10000
     with pytest.raises(SystemExit, match="no settings row|not a readable log"):

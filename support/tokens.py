@@ -3,8 +3,8 @@ The special tokens, and the checks that a tokenizer file belongs to a dataset or
 special ids, a vocabulary that fits the embedding, and the same file (its sha256) as the one the
 dataset or model recorded. Token ids mean text only through their tokenizer, so a mismatch is refused.
 """
-from errors import BadFile
-from files import sha256
+from .errors import BadFile
+from .files import sha256
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, fixed
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)

@@ -19,8 +19,8 @@ import dataclasses, glob, json, os, tempfile
 import torch
 from tqdm import tqdm
 
-from errors import Refused, why
-from files import atomic_path, copy_file
+from .errors import Refused, why
+from .files import atomic_path, copy_file
 
 CKPT_FORMAT = 3  # the layout of ckpt.pt (3: the dataset fingerprint, the embedding's own optimiser group); older ones are refused
 RUN_FILES = ["ckpt.pt", "model.safetensors", "config.json", "tokenizer.json", "log.jsonl", "train.png"]
@@ -218,9 +218,10 @@ def log_scores(path, step, scores, what, **extra):
 
 def print_plan(plan, grad_accum, world):
     for i, st in enumerate(plan):
-        print(f"stage {i + 1}: steps {st.first}-{st.end}, {st.batch_size} x {st.seq_len} tokens x {grad_accum} "
-              f"micro-step(s) x {world} process(es) = {st.batch_size * st.seq_len * grad_accum * world:,} tokens "
-              f"per step, global RoPE theta {st.rope_theta:g}")
+        share = f" ({st.batch_size // world} per process)" if world > 1 else ""
+        print(f"stage {i + 1}: steps {st.first}-{st.end}, {st.batch_size} x {st.seq_len} tokens{share} x {grad_accum} "
+              f"micro-step(s) = {st.batch_size * st.seq_len * grad_accum:,} tokens per step, global RoPE theta "
+              f"{st.rope_theta:g}")
 
 
 def settings_row(cfg):

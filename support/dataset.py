@@ -29,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from errors import Refused, why
-from files import is_temp, new_temp, sha256, write_bytes
+from .errors import Refused, why
+from .files import is_temp, new_temp, sha256, write_bytes
 
 FORMAT_VERSION = 3  # 3: shards and a manifest; 2: one train.bin / val.bin per split
 SPLITS = ("train", "val")
@@ -291,7 +291,7 @@ def scan_shard(out, name, counts=None, starts=False):
     """Read one shard once, in blocks: its record (token count, sha256 of the ids then the flags, largest
     id and flag); with `counts`, add its ids to these unigram counts; with `starts`, the positions of
     its [CLS] tokens (where its documents begin)."""
-    from tokens import CLS_ID
+    from .tokens import CLS_ID
     ids_path, flags_path = shard_paths(out, name)
     h, n, top, doc_starts = hashlib.sha256(), 0, 0, []
     with open(ids_path, "rb") as f:
@@ -518,6 +518,9 @@ def load(data_dir):
     Returns (meta, {"train": (ids, flags), "val": (ids, flags)}), each a Stream over its shards; the
     validation ids know where its documents begin (.doc_starts)."""
     meta_path, tok_path = os.path.join(data_dir, "meta.json"), os.path.join(data_dir, "tokenizer.json")
+    if not os.path.isdir(data_dir):
+        raise Refused(f"--data_dir={data_dir}: no such directory (the folder prepare.py wrote: data/default by "
+                      f"default, or its --out_dir)")
     if not os.path.exists(meta_path):
         raise Refused(f"{data_dir}: no meta.json (run prepare.py; a directory without it is incomplete)")
     try:

@@ -1,25 +1,40 @@
 """
-Reading a corpus: files, directories and globs of .txt / .jsonl / .json / .parquet, optionally
-gzipped, as a stream of documents in a fixed order, in bounded memory (a line of any length arrives
-in parts; parquet is read one row group at a time; a .json array is the one format read whole). Bad
-input is one line naming the file and the line or byte offset.
+Reading a corpus: files, directories and globs of .txt / .jsonl / .json / .csv / .tsv / .parquet,
+optionally gzipped, as a stream of documents in a fixed order, in bounded memory (a line of any
+length arrives in parts; a JSON or CSV record is parsed whole; parquet is read one row group at a
+time; a .json array is the one format read whole). Bad input is one line naming the file and the
+line or byte offset.
 """
-import codecs, glob, gzip, json, os
+import codecs, csv, glob, gzip, json, os, sys
 
-from errors import Refused
+from .errors import Refused
 
-TEXT_EXTS = (".txt", ".jsonl", ".json")
+KINDS = (".txt", ".jsonl", ".json", ".csv", ".tsv", ".parquet")  # each optionally .gz
 
 
 def file_kind(path):
+    """"txt", "jsonl", "json", "csv", "tsv" or "parquet" by the file's name, else None."""
     name = path.lower().removesuffix(".gz")
-    if name.endswith(".parquet"):
-        return "parquet"
-    return next((ext[1:] for ext in TEXT_EXTS if name.endswith(ext)), None)
+    return next((ext[1:] for ext in KINDS if name.endswith(ext)), None)
 
 
-def resolve_inputs(patterns):
-    """Expand files, directories (recursively) and globs into a sorted, de-duplicated file list."""
+def is_empty(path):
+    """No bytes at all (or, gzipped, none once decompressed)."""
+    if os.path.getsize(path) == 0:
+        return True
+    if path.lower().endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as f:
+                return f.read(1) == b""
+        except (OSError, EOFError):
+            return False  # a broken file is reported when it is read, with its line
+    return False
+
+
+def resolve_inputs(patterns, say=print, doc_format="line"):
+    """Expand files, directories (recursively) and globs into a sorted, de-duplicated file list.
+    What is not read as its name says is said in one line each (`say`): an empty file is skipped, and
+    a file named explicitly whose kind its name does not tell is read as plain text."""
     files = []
     for pat in patterns:
         if any(c in pat for c in "*?["):
@@ -35,12 +50,20 @@ def resolve_inputs(patterns):
                 found = sorted(os.path.join(d, f) for d, _, fs in os.walk(hit) for f in fs
                                if file_kind(f) is not None)
                 if not found:
-                    raise Refused(f"{hit}: directory has no readable files "
-                                  f"(.txt, .jsonl, .json, .parquet, optionally .gz)")
+                    raise Refused(f"{hit}: directory has no readable files ({', '.join(KINDS)}, optionally .gz)")
                 files += found
             else:
                 files.append(hit)
-    return list(dict.fromkeys(os.path.abspath(f) for f in files))
+    kept = []
+    for path in dict.fromkeys(os.path.abspath(f) for f in files):
+        if os.path.isfile(path) and is_empty(path):
+            say(f"{path}: skipped (empty)")
+            continue
+        if file_kind(path) is None:
+            say(f"{path}: read as plain text, " + ("documents separated by blank lines" if doc_format == "blank" else
+                "one document per line") + f" (its name does not end in {', '.join(KINDS)})")
+        kept.append(path)
+    return kept
 
 
 def read_lines(path, encoding, read_bytes):
@@ -97,7 +120,8 @@ def read_documents(files, fields, encoding, doc_format, read_bytes, readers=None
       .txt, doc_format "line":  one line (a long line arrives in parts);
       .txt, doc_format "blank": consecutive non-blank lines, joined by newlines; a blank line (or the
                                 end of the file) ends the document (Google BERT's pre-training format);
-      .jsonl / .json / .parquet: one record, its text fields joined by newlines;
+      .jsonl / .json / .csv / .tsv / .parquet: one record (a CSV row under a header line), its text
+                                fields joined by newlines;
       a file in `readers` ({path: function(path, lines)}): what that function yields."""
     lines = lambda path: read_lines(path, encoding, read_bytes)  # noqa: E731
     for path in files:
@@ -106,6 +130,8 @@ def read_documents(files, fields, encoding, doc_format, read_bytes, readers=None
             yield from readers[path](lines(path))
         elif kind == "parquet":
             yield from read_parquet(path, fields)
+        elif kind in ("csv", "tsv"):
+            yield from read_csv(path, lines(path), fields, "," if kind == "csv" else "\t")
         elif kind == "json":
             text = "".join(part for _, part, _ in lines(path))
             try:
@@ -149,6 +175,37 @@ def blank_line_documents(lines):
         open_doc, at_line_start = True, done
     if open_doc:
         yield "", True
+
+
+def read_csv(path, lines, fields, delimiter):
+    """One document per row of a CSV (or tab-separated) file whose first line names the columns: the
+    --text_field columns joined by newlines. A quoted field may span lines; a record is parsed whole.
+    `lines` is read_lines' stream, so a decoding error names its line and byte offset."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # the default 128 KB per field is too small for documents
+
+    def whole_lines():
+        line = []
+        for _, part, done in lines:
+            line.append(part)
+            if done:
+                yield "".join(line)
+                line = []
+    rows = csv.reader(whole_lines(), delimiter=delimiter)
+    try:
+        header = next(rows, [])
+        missing = [k for k in fields if k not in header]
+        if missing:
+            raise Refused(f"{path}: no text column {missing[0]!r} in its first line (use --text_field; columns "
+                          f"here: {', '.join(header) or 'none'})")
+        at = [header.index(k) for k in fields]
+        for row in rows:
+            if not row:
+                continue  # a blank line
+            if len(row) != len(header):
+                raise Refused(f"{path}: line {rows.line_num}: {len(row)} fields, the header has {len(header)}")
+            yield "\n".join(row[i] for i in at), True
+    except csv.Error as e:
+        raise Refused(f"{path}: line {rows.line_num}: not valid CSV ({e})")
 
 
 def read_parquet(path, fields):

@@ -6,8 +6,8 @@ paper's choice, which transformers' own ModernBERT lacks). transformers then loa
 with trust_remote_code=True, importing this file as part of a package, so `from .cmbert import`
 finds the copy of cmbert.py beside it:
 
-    from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
-    tok = AutoTokenizer.from_pretrained("hf_out")
+    from transformers import AutoModelForMaskedLM, PreTrainedTokenizerFast, pipeline
+    tok = PreTrainedTokenizerFast.from_pretrained("hf_out")  # a plain tokenizer: no code
     model = AutoModelForMaskedLM.from_pretrained("hf_out", trust_remote_code=True)
     pipeline("fill-mask", model=model, tokenizer=tok)("北京是中国的[MASK]都。")
 
@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 
-try:  # inside an export folder: transformers imports both files as one package
-    from .cmbert import CMBert, CMBertConfig, CMBertForSequenceClassification, Encoder, Head
-except ImportError:  # in the repository
-    from cmbert import CMBert, CMBertConfig, CMBertForSequenceClassification, Encoder, Head
+# Only ever imported inside an export folder, where transformers imports this file and the copy of
+# cmbert.py beside it as one package; the repository itself never imports it (it would be an import
+# back up, from a support module to a lecture file).
+from .cmbert import CMBert, CMBertConfig, CMBertForSequenceClassification, Encoder, Head
 
 
 class HFCMBertConfig(PretrainedConfig):
