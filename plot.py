@@ -1,7 +1,8 @@
 """
 Pictures of training runs, drawn from their log.jsonl.
 
-    python plot.py out_a out_b ... [--out compare.png]   # several runs, labelled by how their settings differ
+    python plot.py out_a out_b ... [--out compare.png]   # several runs, labelled by how their settings differ;
+                                                         # runs that differ only by --seed are one band
 
 train.py draws each run's own picture (train.png) at every checkpoint (support/plots.py).
 """

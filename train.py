@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from cmbert import ATTN_BACKENDS, NORMS, PRESETS, CMBert, config_from_preset, flash_attn_available
-from support import run_files, runtime, settings
+from support import run_files, runtime, settings, stats
 from support.dataset import load as load_data
 from support.errors import Refused, script
 from support.fill_mask import demo
@@ -70,6 +70,7 @@ class TrainConfig:
     eval_interval: int = 100
     eval_windows: int = 64           # validation windows of the first stage's length, spread over the validation split
     eval_long_len: int = 0           # long-document windows: 0 = the last stage's length (set it to compare a one-stage run)
+    eval_long_docs: int = 64         # long validation documents scored at each stage switch and at the end (a fixed sample)
     ckpt_interval: int = 100
     resume: bool = False
     demo: bool = True                # fill-mask examples at the end
@@ -214,73 +215,89 @@ def train_batch(data, meta, cfg, step, micro, rank, world, B, T, rate=None):
 VAL_RATE = 0.15  # fixed, so validation scores compare across steps, stages and runs
 
 
+def documents_of(doc_starts, starts, T):
+    """The validation document each position of the windows beginning at `starts` belongs to, (B, T):
+    the standard errors treat a document as one draw (support/stats.py)."""
+    return np.searchsorted(doc_starts, np.asarray(starts)[:, None] + np.arange(T), side="right") - 1
+
+
 def val_batches(data, meta, T, n_windows, B):
-    """Fixed validation windows, spread evenly over the validation split, with a fixed whole-word mask shown
-    entirely as [MASK]: comparable across steps and runs, and nothing to copy."""
+    """Fixed validation windows, spread evenly over the validation split, with a fixed whole-word mask
+    shown entirely as [MASK]: comparable across steps and runs, and nothing to copy."""
     ids = data["val"][0]
     T = min(T, len(ids))
     starts = sorted(set(np.linspace(0, len(ids) - T, n_windows).astype(int).tolist()))
     for i in range(0, len(starts), B):
         chunk = starts[i:i + B]
         yield make_batch(data["val"], chunk, [VAL_RATE] * len(chunk), [np.random.default_rng([0, s]) for s in chunk],
-                         meta, T, mask_only=True)
+                         meta, T, mask_only=True) + (documents_of(ids.doc_starts, chunk, T),)
 
 
-def long_val_batches(data, meta, T, min_len):
-    """One window of up to T tokens from the start of every validation document longer than
-    min_len, so a token's RoPE position is its position in its document."""
+def long_val_batches(data, meta, T, min_len, n_docs):
+    """One window of up to T tokens from the start of each of n_docs validation documents longer
+    than min_len (a token's RoPE position is then its position in its document). The documents are
+    a fixed sample, spread evenly over all such documents: the cost is set by n_docs, not the corpus."""
     ids = data["val"][0]
     cls = ids.doc_starts.tolist() + [len(ids)]  # where documents begin: prepare.py's index, not a scan of val
-    for a, b in zip(cls[:-1], cls[1:]):
-        if b - a > min_len:
-            yield make_batch(data["val"], [a], [VAL_RATE], [np.random.default_rng([0, a])], meta, min(T, b - a),
-                             mask_only=True)
+    long = [d for d in range(len(cls) - 1) if cls[d + 1] - cls[d] > min_len]
+    for k in sorted(set(np.linspace(0, len(long) - 1, n_docs).astype(int).tolist())) if long else []:
+        d = long[k]
+        a, n = cls[d], min(T, cls[d + 1] - cls[d])
+        yield make_batch(data["val"], [a], [VAL_RATE], [np.random.default_rng([0, a])], meta, n,
+                         mask_only=True) + (np.full((1, n), d),)
 
 
-def long_documents(model, data, meta, plan, T_long, baseline, device, autocast, theta):
-    """What the context extension buys. Every validation document longer than twice the first
-    stage's length is scored from its start in a window of the last stage's length: positions
+def long_documents(model, data, meta, plan, T_long, n_docs, baseline, device, autocast, theta):
+    """What the context extension buys. n_docs validation documents longer than twice the first
+    stage's length are scored from their start in a window of the last stage's length: positions
     before the first stage's length ("near") and from it on ("far") apart. The near positions are
     scored once more in a window of the first stage's length ("short"): the same positions, the
     same mask, the same visible tokens around them, only the window is shorter. near - short is
     the long-window penalty: what a model loses on the same tokens by reading them in a longer
-    window than it trained on (before the extension), or no longer loses (after it)."""
+    window than it trained on (before the extension), or no longer loses (after it). far - near
+    (of the gain over the unigram baseline) says whether positions beyond the first stage's length,
+    which only the extension trains, have caught up. Each comes with its standard error."""
     T1 = plan[0].seq_len
-    windows = list(long_val_batches(data, meta, T_long, 2 * T1))
-    if not windows:
+    windows = list(long_val_batches(data, meta, T_long, 2 * T1, n_docs)) if T_long > T1 else []
+    if not windows:  # no validation document that long, or no window longer than the first stage's
         return {}
-    short = [(inputs[:, :T1], labels[:, :T1], torch.tensor([0, T1], dtype=torch.int32)) for inputs, labels, _ in windows]
-    scores = evaluate(model, windows, baseline, device, autocast, theta, split_at=T1)
-    return {**scores, "short": evaluate(model, short, baseline, device, autocast, theta)["all"]}
+    short = [(inputs[:, :T1], labels[:, :T1], torch.tensor([0, T1], dtype=torch.int32), docs[:, :T1])
+             for inputs, labels, _, docs in windows]
+    sums = {**evaluate(model, windows, baseline, device, autocast, theta, split_at=T1),
+            "short": evaluate(model, short, baseline, device, autocast, theta)["all"]}
+    penalty, penalty_se = stats.difference(sums["near"], sums["short"], "loss")
+    far_near, far_near_se = stats.difference(sums["far"], sums["near"], "gain")
+    return dict({g: stats.summarize(v) for g, v in sums.items()}, penalty=penalty, penalty_se=penalty_se,
+                far_near=far_near, far_near_se=far_near_se)
 
 
 @torch.no_grad()
 def evaluate(model, batches, baseline, device, autocast, theta, split_at=None):
     """Masked-LM loss and accuracy on the masked positions, next to two no-context baselines on
     exactly the same positions: the cross-entropy of the training unigram distribution and the
-    accuracy of always guessing the most frequent training token. With split_at, the scores are
-    kept apart for positions before it ("near") and from it on ("far")."""
+    accuracy of always guessing the most frequent training token. With split_at, positions before
+    it ("near") and from it on ("far") are kept apart. Returns, per group, the per-document sums of
+    these (stats.DocSums), from which stats.summarize computes the scores and their standard errors."""
     logp, top = baseline
     model.eval()
     sums = {}
-    for inputs, labels, cu in batches:
+    for inputs, labels, cu, docs in batches:
         with autocast:
             logits, _ = model(inputs.to(device), labels=labels.to(device), cu_seqlens=cu.to(device),
                               rope_theta_global=theta)
         sel = labels != -100
         target = labels[sel]
         loss = torch.nn.functional.cross_entropy(logits.float(), target.to(device), reduction="none").cpu()
-        pos = torch.arange(labels.shape[1]).expand_as(labels)[sel]
-        group = ["all"] if split_at is None else np.where(pos.numpy() < split_at, "near", "far")
+        hit = logits.argmax(-1).cpu() == target
+        pos = torch.arange(labels.shape[1]).expand_as(labels)[sel].numpy()
+        group = np.full(len(target), "all") if split_at is None else np.where(pos < split_at, "near", "far")
         for g in set(group):
-            m = torch.ones_like(target, dtype=torch.bool) if split_at is None else torch.from_numpy(group == g)
+            m = torch.from_numpy(group == g)
             t = target[m]
-            acc = sums.setdefault(g, np.zeros(5))
-            acc += [loss[m].sum().item(), (logits.argmax(-1).cpu()[m] == t).sum().item(),
-                    -logp[t].sum().item(), (t == top).sum().item(), len(t)]
+            sums.setdefault(g, stats.DocSums()).add(docs[sel.numpy()][m.numpy()], loss=loss[m], acc=hit[m],
+                                                     unigram_ce=-logp[t], top_acc=t == top)
     model.train()
-    return {g: dict(loss=v[0] / v[4], acc=v[1] / v[4], unigram_ce=v[2] / v[4], top_acc=v[3] / v[4], n=int(v[4]))
-            for g, v in sorted(sums.items(), key=lambda kv: ("all", "near", "far").index(kv[0])) if v[4] > 0}
+    return dict(sorted(sums.items(), key=lambda kv: ("all", "near", "far").index(kv[0])))
 
 
 # ------------------------------------------------------------------------------------------
@@ -354,10 +371,10 @@ def main(argv=None):
     # settings: defaults < config files < command line; a resume takes the checkpoint's for the rest
     cfg, explicit = parse_args(argv)
     check_settings(cfg)
-    meta, data = load_data(cfg.data_dir)  # the data first: a mistyped --data_dir is named before anything else
     ckpt, ckpt_path = None, os.path.join(cfg.out_dir, "ckpt.pt")
-    if cfg.resume:
+    if cfg.resume:  # the checkpoint's settings, and which data it trained on
         ckpt, cfg = run_files.load_checkpoint(cfg, explicit, check_settings)
+    meta, data = load_data(cfg.data_dir)  # before the output folder: a mistyped --data_dir is named first
     run_files.check_out_dir(cfg.out_dir, cfg.data_dir, cfg.resume, master=os.environ.get("RANK", "0") == "0")
     procs = runtime.start(cfg.device)
     cfg.device = procs.device
@@ -446,15 +463,14 @@ def main(argv=None):
         last = step == cfg.max_steps
         # evaluate: masked-only validation windows; at each stage switch and at the end, long documents
         if step % cfg.eval_interval == 0 or last:
-            results = evaluate(raw_model, val_batches(data, meta, T_eval, cfg.eval_windows, B_eval), baseline,
-                               procs.device, autocast, st.rope_theta)
-            run_files.log_scores(log_path, step, results, {"all": "val (masked positions only)"})
+            results = stats.summarize(evaluate(raw_model, val_batches(data, meta, T_eval, cfg.eval_windows, B_eval),
+                                               baseline, procs.device, autocast, st.rope_theta)["all"])
+            run_files.log_val(log_path, step, results, T_eval)
         if any(step == s.first for s in plan[1:]) or last:  # what the context extension buys
-            long_results = long_documents(raw_model, data, meta, plan, T_long, baseline, procs.device, autocast,
-                                          st.rope_theta)
+            long_results = long_documents(raw_model, data, meta, plan, T_long, cfg.eval_long_docs, baseline,
+                                          procs.device, autocast, st.rope_theta)
             if long_results:
-                run_files.log_scores(log_path, step, long_results, run_files.long_labels(T_eval, T_long),
-                                     long_seq_len=T_long)
+                run_files.log_long(log_path, step, long_results, T_eval, T_long)
         # checkpoint: the model folder, then ckpt.pt; and the plot
         if step % cfg.ckpt_interval == 0 or last:
             run_files.save_checkpoint(cfg, raw_model, optimizer, step, mcfg, meta, code)

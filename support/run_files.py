@@ -185,10 +185,12 @@ def append_log(path, row):
 
 
 def describe(r, what):
-    """One line: a validation score next to its no-context baselines on the same positions."""
-    return (f"{what}: loss {r['loss']:.4f} vs train-unigram {r['unigram_ce']:.4f} "
-            f"({r['unigram_ce'] - r['loss']:+.3f} nats of context), acc {r['acc']:.2%} vs most frequent token "
-            f"{r['top_acc']:.2%} ({100 * (r['acc'] - r['top_acc']):+.1f} points), {r['n']:,} positions")
+    """One line: a validation score next to its no-context baselines on the same positions, with the
+    standard errors of the margins (documents as the unit: support/stats.py)."""
+    return (f"{what}: loss {r['loss']:.4f} vs train-unigram {r['unigram_ce']:.4f} ({r['gain']:+.3f} ± "
+            f"{r['gain_se']:.3f} nats of context), acc {r['acc']:.2%} vs most frequent token {r['top_acc']:.2%} "
+            f"({100 * r['margin']:+.1f} ± {100 * r['margin_se']:.1f} points), {r['n']:,} positions in "
+            f"{r['docs']:,} documents")
 
 
 def long_labels(near, longest):
@@ -198,22 +200,32 @@ def long_labels(near, longest):
 
 
 def penalty(scores):
-    """The long-window penalty (train.long_documents) in one line."""
-    return (f"long-window penalty {scores['near']['loss'] - scores['short']['loss']:+.3f} nats, "
-            f"{100 * (scores['near']['acc'] - scores['short']['acc']):+.1f} points of accuracy (the same "
-            f"{scores['short']['n']:,} positions in the long vs the short windows; 0 = nothing lost)")
+    """The long-window penalty and far - near (train.long_documents) in one line."""
+    return (f"long-window penalty {scores['penalty']:+.3f} ± {scores['penalty_se']:.3f} nats (the same "
+            f"{scores['short']['n']:,} positions in the long vs the short windows; 0 = nothing lost); far - near "
+            f"{scores['far_near']:+.3f} ± {scores['far_near_se']:.3f} nats of gain over the unigram baseline")
 
 
-def log_scores(path, step, scores, what, **extra):
-    """Append validation scores ({group: scores}) as one log row, with keys `<group>_<score>`
-    (group "all" is logged as "val"), and print each group's line."""
-    names = {"all": "val"}
-    append_log(path, dict(step=step, **extra, **{f"{names.get(g, g)}_{k}": round(v, 6)
-                                                 for g, r in scores.items() for k, v in r.items()}))
-    for g, r in scores.items():
-        tqdm.write(f"step {step}: {describe(r, what[g])}")
-    if "short" in scores:
-        tqdm.write(f"step {step}: {penalty(scores)}")
+def flat(prefix, r):
+    return {f"{prefix}_{k}": round(v, 6) if isinstance(v, float) else v for k, v in r.items()}
+
+
+def log_val(path, step, r, near):
+    """Masked-only validation: one log row (keys val_<score>) and one printed line."""
+    append_log(path, dict(step=step, **flat("val", r)))
+    tqdm.write(f"step {step}: {describe(r, f'val, masked positions only ({near}-token windows)')}")
+
+
+def log_long(path, step, scores, near, longest):
+    """The long-document scores: one log row (near_*, far_*, short_*, penalty, far_near, with their
+    standard errors) and their lines."""
+    groups = ("near", "far", "short")
+    extra = {k: round(v, 6) for k, v in scores.items() if k not in groups}
+    append_log(path, dict(step=step, long_seq_len=longest, **{k: v for g in groups for k, v in flat(g, scores[g]).items()},
+                          **extra))
+    for g in groups:
+        tqdm.write(f"step {step}: {describe(scores[g], long_labels(near, longest)[g])}")
+    tqdm.write(f"step {step}: {penalty(scores)}")
 
 
 def print_plan(plan, grad_accum, world):
@@ -243,9 +255,9 @@ def print_summary(step, tokens, seconds, results, long_results, near, longest, o
     print(f"done: {step} steps, {tokens:,} tokens in {seconds / 60:.1f} min ({tokens / max(seconds, 1e-9):,.0f} "
           f"tokens/s this session)")
     if results:
-        print("  " + describe(results["all"], f"final val, masked positions only ({near}-token windows)"))
-    for g, r in (long_results or {}).items():
-        print("  " + describe(r, "final " + long_labels(near, longest)[g]))
+        print("  " + describe(results, f"final val, masked positions only ({near}-token windows)"))
+    for g in ("near", "far", "short") if long_results else ():
+        print("  " + describe(long_results[g], "final " + long_labels(near, longest)[g]))
     if long_results:
         print("  final " + penalty(long_results))
     print(f"  wrote {out_dir}/: log.jsonl, train.png, ckpt.pt, model.safetensors, config.json, tokenizer.json")

@@ -176,6 +176,7 @@ def train_rules(presets, norms, backends, flash_available, stages_ok):
         ("eval_interval", at_least(1), ">= 1"),
         ("eval_windows", at_least(1), ">= 1"),
         ("eval_long_len", at_least(0), ">= 0 (0 = the last stage's length)"),
+        ("eval_long_docs", at_least(1), ">= 1"),
         ("ckpt_interval", at_least(1), ">= 1"),
         ("seed", lambda v, c: 0 <= v < 2**63, "in [0, 2^63)"),
         ("data_dir", lambda v, c: v != "", "a directory"),

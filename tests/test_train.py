@@ -138,27 +138,35 @@ def test_stages_are_data():
 def test_validation_scores_only_masked_positions_with_baselines_on_the_same_positions(data):
     meta, d = data
     from cmbert import CMBert, config_from_preset
+    from support.stats import summarize
     torch.manual_seed(0)
     model = CMBert(config_from_preset("tiny", n_layer=1, n_embd=32, n_head=2, intermediate_size=32, vocab_size=1024))
     batches = list(train.val_batches(d, meta, 128, 6, 2))
     assert len(batches) == 3
-    for inputs, labels, _ in batches:
+    for inputs, labels, _, docs in batches:
         scored = labels != -100
         assert scored.any() and (inputs[scored] == meta["mask_id"]).all(), "no scored position shows its token"
+        # every position knows its validation document: a [CLS] begins a new one
+        starts = d["val"][0].doc_starts
+        assert docs.shape == labels.shape and (np.diff(docs, axis=1) >= 0).all()
+        assert (docs < len(starts)).all() and ((inputs == meta["cls_id"]).numpy() <= (np.diff(docs, axis=1, prepend=-1) > 0)).all()
     logp = torch.log_softmax(torch.randn(1024, dtype=torch.float64), 0)
-    r = train.evaluate(model, batches, (logp, 7), "cpu", torch.autocast("cpu", enabled=False), 1e4)["all"]
-    targets = torch.cat([labels[labels != -100] for _, labels, _ in batches])
-    assert r["n"] == len(targets)
+    r = summarize(train.evaluate(model, batches, (logp, 7), "cpu", torch.autocast("cpu", enabled=False), 1e4)["all"])
+    targets = torch.cat([labels[labels != -100] for _, labels, _, _ in batches])
+    assert r["n"] == len(targets) and r["docs"] == len({int(x) for _, l, _, dd in batches for x in dd[(l != -100).numpy()]})
     assert r["unigram_ce"] == pytest.approx(-logp[targets].mean().item())
     assert r["top_acc"] == pytest.approx((targets == 7).double().mean().item())
     with torch.no_grad():
-        logits = torch.cat([model(i, labels=l, cu_seqlens=c)[0] for i, l, c in batches])
+        logits = torch.cat([model(i, labels=l, cu_seqlens=c)[0] for i, l, c, _ in batches])
     assert r["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item(), rel=1e-5)
     assert r["acc"] == pytest.approx((logits.argmax(-1) == targets).double().mean().item())
+    assert r["gain"] == pytest.approx(r["unigram_ce"] - r["loss"]) and r["margin"] == pytest.approx(r["acc"] - r["top_acc"])
+    assert r["loss_se"] > 0 and all(0 <= r[f"{k}_se"] < 5 for k in ("loss", "acc", "gain", "margin"))
     split = train.evaluate(model, batches, (logp, 7), "cpu", torch.autocast("cpu", enabled=False), 1e4, split_at=40)
-    assert split["near"]["n"] + split["far"]["n"] == r["n"]
-    n_near = sum(int((l[:, :40] != -100).sum()) for _, l, _ in batches)
-    assert split["near"]["n"] == n_near
+    near, far = summarize(split["near"]), summarize(split["far"])
+    assert near["n"] + far["n"] == r["n"]
+    n_near = sum(int((l[:, :40] != -100).sum()) for _, l, _, _ in batches)
+    assert near["n"] == n_near
 
 
 def test_bad_settings_and_data_dir(tmp_path, tiny_data):
@@ -338,32 +346,51 @@ def test_long_window_penalty_scores_identical_positions(long_data):
     logp = torch.log_softmax(torch.randn(1024, dtype=torch.float64), 0)
     off = torch.autocast("cpu", enabled=False)
     plan = train.stages(train.TrainConfig(stages=[(0, 64, 2, 1e4), (0.5, 512, 1, 8e4)]))
-    r = train.long_documents(model, d, meta, plan, 512, (logp, 7), "cpu", off, 8e4)
-    assert set(r) == {"near", "far", "short"} and r["near"]["n"] > 0
+    r = train.long_documents(model, d, meta, plan, 512, 64, (logp, 7), "cpu", off, 8e4)
+    assert set(r) == {"near", "far", "short", "penalty", "penalty_se", "far_near", "far_near_se"} and r["near"]["n"] > 0
     # the same positions: the same count, the same targets (so the same no-context baselines)
-    assert r["short"]["n"] == r["near"]["n"]
+    assert r["short"]["n"] == r["near"]["n"] and r["short"]["docs"] == r["near"]["docs"] == r["far"]["docs"] > 1
     assert r["short"]["unigram_ce"] == r["near"]["unigram_ce"] and r["short"]["top_acc"] == r["near"]["top_acc"]
     assert r["short"]["loss"] != r["near"]["loss"], "the longer window changes what the global layers see"
-    # with a last stage as short as the first, the two windows are the same: no penalty at all
+    assert r["penalty"] == pytest.approx(r["near"]["loss"] - r["short"]["loss"])
+    assert r["far_near"] == pytest.approx(r["far"]["gain"] - r["near"]["gain"])
+    assert 0 < r["penalty_se"] < r["near"]["loss_se"], "pairing the same positions cancels what they share"
+    assert 0 < r["far_near_se"] < 1
+    # the long documents are a fixed sample of n_docs: fewer documents, fewer windows, the same ones each time
+    few = [dd[0, 0] for *_, dd in train.long_val_batches(d, meta, 512, 128, 3)]
+    assert len(few) == 3 and few == [dd[0, 0] for *_, dd in train.long_val_batches(d, meta, 512, 128, 3)]
+    assert train.long_documents(model, d, meta, plan, 512, 3, (logp, 7), "cpu", off, 8e4)["near"]["docs"] == 3
+    # with long windows no longer than the first stage's, there is nothing to measure
     same = train.stages(train.TrainConfig(stages=[(0, 64, 2, 1e4), (0.5, 64, 1, 8e4)]))
-    windows = list(train.long_val_batches(d, meta, 64, 128))
-    r = train.long_documents(model, d, meta, same, 64, (logp, 7), "cpu", off, 8e4)
-    assert r["short"]["loss"] == pytest.approx(r["near"]["loss"], abs=1e-9) and windows
+    assert train.long_documents(model, d, meta, same, 64, 64, (logp, 7), "cpu", off, 8e4) == {}
 
 
-def test_compare_plot_of_two_runs(tmp_path, long_data):
+def test_compare_plot_of_runs_seeds_as_bands_each_labelled_by_its_own_steps(tmp_path, long_data):
+    import warnings
     import plot
-    common = [*SMALL, f"--data_dir={long_data}", "--max_steps=4", "--stages=[(0, 64, 2, 1e4), (0.5, 256, 1, 8e4)]",
-              "--eval_interval=2", "--ckpt_interval=4", "--dtype=float32"]
-    runs = [tmp_path / "wwm", tmp_path / "tokens"]
-    for out, flag in zip(runs, ["--whole_word=True", "--whole_word=False"]):
-        r = run_train(*common, flag, f"--out_dir={out}")
+    from support.plots import compare, labels
+    common = [*SMALL, f"--data_dir={long_data}", "--stages=[(0, 64, 2, 1e4), (0.5, 256, 1, 8e4)]",
+              "--ckpt_interval=100", "--dtype=float32"]
+    runs = {"wwm1": ["--whole_word=True", "--seed=1"], "wwm2": ["--whole_word=True", "--seed=2"],
+            "tokens": ["--whole_word=False", "--seed=1"]}
+    for name, flags in runs.items():
+        r = run_train(*common, *flags, "--max_steps=4", "--eval_interval=2", f"--out_dir={tmp_path / name}")
         assert r.returncode == 0, r.stderr
-        assert (out / "train.png").stat().st_size > 10000
-    configs = [read_log(out)[0]["config"] for out in runs]
-    from support.plots import labels
-    assert labels(configs) == ["whole_word=True", "whole_word=False"]
-    plot.main([str(runs[0]), str(runs[1]), "--out", str(tmp_path / "cmp.png")])
+    assert (tmp_path / "wwm1" / "train.png").stat().st_size > 10000
+    r = run_train(*common, "--whole_word=False", "--seed=1", "--max_steps=2", "--eval_interval=100",
+                  f"--out_dir={tmp_path / 'short'}")  # shorter than eval_interval: one validation point
+    assert r.returncode == 0, r.stderr
+    dirs = [tmp_path / n for n in ("wwm1", "wwm2", "tokens", "short")]
+    configs = [read_log(out)[0]["config"] for out in dirs]
+    assert labels(configs) == ["max_steps=4, whole_word=True"] * 2 + ["max_steps=4, whole_word=False",
+                                                                      "max_steps=2, whole_word=False"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no artists", no empty-slice warnings
+        drawn = compare([str(d) for d in dirs], str(tmp_path / "cmp.png"))
+    assert drawn == {"max_steps=4, whole_word=True": [("switch 1", 2), ("end", 4)],
+                     "max_steps=4, whole_word=False": [("switch 1", 2), ("end", 4)],
+                     "max_steps=2, whole_word=False": [("switch 1", 1), ("end", 2)]}, "each bar from its own run"
     assert (tmp_path / "cmp.png").stat().st_size > 10000
+    plot.main([str(dirs[0]), str(dirs[2]), "--out", str(tmp_path / "two.png")])
     with pytest.raises(SystemExit, match="no settings row|not a readable log"):
         plot.main([str(tmp_path), "--out", str(tmp_path / "x.png")])
