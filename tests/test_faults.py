@@ -347,7 +347,7 @@ def test_finalize_names_a_truncated_or_foreign_shard(tmp_path, tiny_data, other_
              (lambda d: (d / f"{train0}.words.bin").write_bytes(bytes(os.path.getsize(tiny_data / f"{train0}.words.bin"))),
               [f"{train0}.bin (with its .words.bin): sha256 ", "damaged, or another dataset's shard"]),
              (lambda d: shutil.copy(other_data / "shards" / "done-000000.json", d / "shards" / "done-000000.json"),
-              ["done-000000.json: ", "not of input file 0"])]
+              ["done-000000.json: ", "not of slice 0"])]
     for k, (damage, needles) in enumerate(cases):
         data = tmp_path / str(k)
         shutil.copytree(tiny_data, data)
