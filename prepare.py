@@ -71,7 +71,7 @@ def normalized_documents(files, fields, encoding, doc_format="line", nfkc=True, 
     """The document stream, normalised and cut into pieces: yield (piece, last) where the pieces of
     one document, in order, concatenate to it. NFKC (full-width -> half-width), then strip: no
     document begins or ends with whitespace, and empty documents are dropped. Segmenter and
-    tokenizer then see the same string, so the tokenizer's character offsets index jieba's words.
+    tokenizer then see the same string, so the tokens' character spans index jieba's words.
     A document longer than PIECE_CHARS is cut after a punctuation mark (where neither jieba nor the
     BPE pre-tokenizer ever joins characters), so no later step holds a long document whole. `span`
     reads one slice of a file (corpus.plan_slices)."""
@@ -101,11 +101,10 @@ def normalized_documents(files, fields, encoding, doc_format="line", nfkc=True, 
 # Which documents: exact duplicates and the split, decided from each document's text alone
 
 def tagged(stream):
-    """The piece stream, each piece with its document's identity: (piece, last, 128-bit hash of the
-    document's normalised text, of its first IDENTITY_CHARS characters if it is longer). A piece
-    comes out once its document's hash is known, so a document's pieces are held until its end, or
-    until its first IDENTITY_CHARS characters have passed (a longer document flows on): one pass,
-    and never more than that held."""
+    """The piece stream with each piece's document identity: (piece, last, 128-bit hash of the
+    document's normalised text, of its first IDENTITY_CHARS characters if longer). A document's
+    pieces are held until its hash is known (at its end, or after IDENTITY_CHARS characters: a
+    longer document then flows on): one pass, and never more than that held."""
     held, h, n, digest = [], hashlib.blake2b(digest_size=16), 0, None
     for piece, last in stream:
         if digest is None:
@@ -365,7 +364,7 @@ def encode_slice(job):
                                   readers={path: reader} if reader else None, span=span)
     stats = dict(documents_read=0, duplicates_removed=0, train_documents=0, duplicates_kept=0, val_documents=0,
                  tokens=0, cross=0, chars=0, units=0, unk=0)
-    with dataset.FileWriter(cfg["out_dir"], index, cfg["shard_tokens"], cfg["vocab_size"]) as out:
+    with dataset.SliceWriter(cfg["out_dir"], index, cfg["shard_tokens"], cfg["vocab_size"]) as out:
         for batch in chunks(routed(stream, cfg["val_threshold"], cfg["keep_duplicates"], stats), cfg["chunk_chars"]):
             texts, opens, closes, val = zip(*batch)
             ids, flags, lengths, chunk_stats = encode_chunk(texts, opens, closes)
@@ -421,24 +420,10 @@ def step_encode(args, files, readers, plan):
     with open(os.path.join(args.out_dir, "tokenizer.json"), encoding="utf-8") as f:
         tok_json = f.read()
     bar = tqdm(total=len(jobs), desc=f"encode (rank {args.rank} of {args.world})", unit=" slices", disable=args.quiet)
-    if args.workers == 1 or len(jobs) <= 1:
-        init_worker(tok_json, args.segmenter)
-        for job in jobs:
-            encode_slice(job)
-            bar.update(1)
-    else:
-        import multiprocessing as mp
-        # Fork is cheap; it is safe after the BPE trainer's Rust threads once the children are told not
-        # to use them (that is what TOKENIZERS_PARALLELISM=false means to `tokenizers`).
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        try:
-            with ctx.Pool(min(args.workers, len(jobs)), init_worker, (tok_json, args.segmenter)) as pool:
-                for _ in pool.imap_unordered(encode_slice, jobs, chunksize=1):
-                    bar.update(1)
-        except BaseException:  # the pool stopped the other workers mid-slice: remove what they left
-            dataset.remove_temps(args.out_dir, set(todo))
-            raise
+    # Workers are forked: cheap, and safe after the BPE trainer's Rust threads once the children are
+    # told not to use them (that is what TOKENIZERS_PARALLELISM=false means to `tokenizers`).
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    dataset.run_jobs(encode_slice, jobs, args.workers, init_worker, (tok_json, args.segmenter), args.out_dir, bar.update)
     bar.close()
     if not args.quiet:
         print(f"rank {args.rank} of {args.world}: encoded {len(todo)} of its {len(mine)} slices "

@@ -199,13 +199,35 @@ def remove_temps(out, indices):
                 os.remove(os.path.join(shards, n))
 
 
+def run_jobs(fn, jobs, workers, init, initargs, out, done):
+    """fn(job) for every job (job[0]: the slice it writes), then done(1): in this process if workers is
+    1 or there is one job, else in a pool of `workers` forked processes, each started with
+    init(*initargs), a job at a time. When one fails, the pool stops the others mid-slice; the
+    temporary files they leave are removed before the error goes on."""
+    if workers == 1 or len(jobs) <= 1:
+        init(*initargs)
+        for job in jobs:
+            fn(job)
+            done(1)
+        return
+    import multiprocessing as mp
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    try:
+        with ctx.Pool(min(workers, len(jobs)), init, initargs) as pool:
+            for _ in pool.imap_unordered(fn, jobs, chunksize=1):
+                done(1)
+    except BaseException:
+        remove_temps(out, {job[0] for job in jobs})
+        raise
+
+
 def invalidate(out):
     """The shards are about to change: remove meta.json, so nothing trusts the old manifest."""
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(out, "meta.json"))
 
 
-class FileWriter:
+class SliceWriter:
     """The shards of one slice: per split, parts of at most `limit` tokens, each written under
     temporary names and renamed when full or at the end; each renamed part is then read back once
     for its record (scan_shard). Used as a context manager: an error or an interrupt removes the

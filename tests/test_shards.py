@@ -54,6 +54,13 @@ def same_dataset(a, b):
     return ma
 
 
+def in_both_splits(out):
+    """The documents (as token ids) that are in train and in validation."""
+    train_docs, val_docs = ({tuple(d) for d in np.split(ids, np.flatnonzero(ids == prepare.CLS_ID)[1:])}
+                            for ids, _ in (split_arrays(out, "train"), split_arrays(out, "val")))
+    return train_docs & val_docs
+
+
 def test_three_ranks_and_finalize_equal_one_job(inputs, one_job, tmp_path):
     out = tmp_path / "ranks"
     prepare.main(args(inputs, out, "--step", "vocab"))
@@ -70,9 +77,7 @@ def test_three_ranks_and_finalize_equal_one_job(inputs, one_job, tmp_path):
     meta = same_dataset(one_job, out)
     assert len(meta["shards"]["train"]) > 8 and meta["documents_read"] == sum(SIZES) + 2
     assert meta["duplicates_removed"] == 1, "exact copies go within an input file, not across files"
-    train_docs, val_docs = ({tuple(d) for d in np.split(ids, np.flatnonzero(ids == prepare.CLS_ID)[1:])}
-                            for ids, _ in (split_arrays(out, "train"), split_arrays(out, "val")))
-    assert not train_docs & val_docs, "a copy across files lands in the same split as the original"
+    assert not in_both_splits(out), "a copy across files lands in the same split as the original"
 
 
 def test_killed_encode_resumes_and_ends_the_same(inputs, one_job, tmp_path):
@@ -285,9 +290,7 @@ def test_one_file_on_two_and_three_workers_or_three_machines_equals_one_job(big_
     assert len({s["name"].split("-")[1] for s in meta["shards"]["train"]}) == 7
     # copies within a slice are removed (the 10 close together), copies in other slices are not
     assert meta["documents_read"] == 1515 and meta["duplicates_removed"] == 10
-    train_docs, val_docs = ({tuple(d) for d in np.split(ids, np.flatnonzero(ids == prepare.CLS_ID)[1:])}
-                            for ids, _ in (split_arrays(out, "train"), split_arrays(out, "val")))
-    assert not train_docs & val_docs, "a copy in another slice lands in the same split as the original"
+    assert not in_both_splits(out), "a copy in another slice lands in the same split as the original"
 
 
 def test_a_killed_encode_of_one_file_resumes_and_a_changed_file_is_encoded_again(big_file, big_job, tmp_path):
