@@ -49,14 +49,15 @@ def timed(fn):
 def encode_run(text, out, tok, args, *opts, workers=1):
     """prepare.py's encode step alone (the vocabulary given) on `text`, every copy of a document kept
     (so it encodes what the parts are timed on), in a fresh process: its wall time and peak memory,
-    and its done records (each with the seconds its slice took in its worker and the worker's peak)."""
+    and its done records in slice order (each with the seconds its slice took in its worker, the
+    worker's peak memory, and its shards)."""
     common = ["--tokenizer", tok, "--keep_duplicates", *opts]
     run_measured(prepare_cmd(text, out, args, "--step", "vocab", "--overwrite", *common))
     wall, peak, _, _ = run_measured(prepare_cmd(text, out, args, "--step", "encode", "--workers", workers, "--world", 1,
                                                 *common))
     shards = os.path.join(out, "shards")
     done = [json.load(open(os.path.join(shards, f))) for f in sorted(os.listdir(shards)) if f.startswith("done-")]
-    return wall, peak, done, common
+    return wall, peak, done
 
 
 def bench_prepare(args):
@@ -66,9 +67,10 @@ def bench_prepare(args):
     (ids only, what the encode step calls); then prepare.py's encode step on the same text with one
     worker. Then that text repeated into one file of >= --scale_to bytes, encoded with each of
     --workers_list: the speed-up over the first, the best one the slices allow, and peak memory per
-    worker; every worker count must give the same dataset (its fingerprint)."""
+    worker; every worker count must give the same shards (the fingerprint of their list)."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread: the rows compare one core with one core
     import prepare
+    from support.dataset import fingerprint
     root = os.path.abspath(os.path.join(args.bench_dir, "prepare"))
     os.makedirs(root, exist_ok=True)
     text = os.path.join(root, "text.txt")
@@ -93,7 +95,7 @@ def bench_prepare(args):
     t_cut = timed(lambda: [cut(t) for t in normed])
     t_bpe = timed(lambda: [tok.encode_batch(b, add_special_tokens=False) for b in batches])
     t_fast = timed(lambda: [tok.encode_batch_fast(b, add_special_tokens=False) for b in batches])
-    wall, _, done, _ = encode_run(text, os.path.join(root, "one"), tok_path, args)
+    wall, _, done = encode_run(text, os.path.join(root, "one"), tok_path, args)
     t_enc = sum(d["seconds"] for d in done)
     rate = lambda t: f"{t:8.2f} {n_chars / t / 1e6:10.3f}"  # noqa: E731
     print(f"{os.path.getsize(text) / 1e6:.1f} MB of text, {len(normed):,} documents, {n_chars:,} characters; "
@@ -126,9 +128,8 @@ def bench_prepare(args):
     prints, first = set(), None
     for w in args.workers_list:
         out = os.path.join(root, f"big_w{w}")
-        wall, peak, done, common = encode_run(big, out, tok_path, args, "--slice_bytes", args.slice_bytes, workers=w)
-        run_measured(prepare_cmd(big, out, args, "--step", "finalize", "--workers", w, *common))
-        prints.add(json.load(open(os.path.join(out, "meta.json")))["fingerprint"])
+        wall, peak, done = encode_run(big, out, tok_path, args, "--slice_bytes", args.slice_bytes, workers=w)
+        prints.add(fingerprint({split: [s for d in done for s in d["shards"][split]] for split in ("train", "val")}))
         sizes = sorted((d["slice"]["size"] for d in done), reverse=True)
         loads = [0] * w  # the pool's order: largest first, each to the first free worker
         for n in sizes:
