@@ -31,7 +31,7 @@ READ_BYTES = 1 << 20   # a text line longer than this is read in parts
 PIECE_CHARS = 1 << 16  # documents longer than this flow through the pipeline in pieces of at most this
 CUT_AFTER = "。！？；，、!?;,"  # pieces are cut after one of these (a hard cut only if there is none)
 PEOPLES_DAILY_DOC_CHARS = 16384  # the default corpus' news text: documents of >= 16k characters (~9k tokens)
-IDENTITY_CHARS = 1 << 20  # a document is known by its first million characters (its hash, its copies)
+IDENTITY_CHARS = 1 << 20  # a document is known by its first 2^20 (~a million) characters: its hash, its copies
 
 
 # ----------------------------------------------------------------------------------------------
