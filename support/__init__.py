@@ -8,8 +8,10 @@ import these modules; a module here imports only its neighbours, never a file ab
     files.py         atomic writes (temporary name, then rename), sha256
     settings.py      every script's command line and the table of rules its settings must satisfy
     runtime.py       device and dtype, torchrun's processes, compile, which code ran, peak FLOPs
-    tokens.py        the special tokens; checks that a tokenizer belongs to a dataset or a model
-    corpus.py        reading .txt / .jsonl / .json / .csv / .parquet (optionally gzipped) in bounded memory
+    tokens.py        the special tokens; checks that a tokenizer belongs to a dataset or a model; where
+                     each token of an encoded text lies in it
+    corpus.py        reading .txt / .jsonl / .json / .csv / .parquet (optionally gzipped) in bounded memory,
+                     whole or in slices (the encode step's units of work)
     dataset.py       the prepared dataset on disk (shards, done records, manifest): written by
                      prepare.py, checked and read by train.py
     run_files.py     a training run's directory: checkpoint, model folder, log, what a run prints
