@@ -259,13 +259,18 @@ def init_worker(tokenizer_json, segmenter):
     spec["added_tokens"] = []
     _worker["tok"] = Tokenizer.from_str(json.dumps(spec))
     _worker["lengths"] = char_lengths(spec)
-    if segmenter == "rjieba":
+    _worker["cut"] = segmenter_of(segmenter)
+
+
+def segmenter_of(name):
+    """The word segmenter: jieba's precise mode with its HMM for unknown words; "rjieba" is the same
+    dictionary and algorithm in Rust. Text in, the list of its words out (they tile the text)."""
+    if name == "rjieba":
         import rjieba
-        _worker["cut"] = lambda s: rjieba.cut(s, True)
-    else:
-        import jieba
-        jieba.setLogLevel(60)
-        _worker["cut"] = lambda s: jieba.lcut(s, HMM=True)
+        return lambda s: rjieba.cut(s, True)
+    import jieba
+    jieba.setLogLevel(60)
+    return lambda s: jieba.lcut(s, HMM=True)
 
 
 WHITESPACE = np.array([9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 0x85, 0x1680, 0x2028, 0x2029], np.uint32)

@@ -16,6 +16,8 @@ import these modules; a module here imports only its neighbours, never a file ab
                      prepare.py, checked and read by train.py
     run_files.py     a training run's directory: checkpoint, model folder, log, what a run prints
     plots.py         train.png and the comparison of several runs, drawn from their logs
+    figures.py       how the method's figures are drawn (plot.py draws what they show): a font for
+                     Chinese, a colour-blind-safe palette, PNGs that are the same bytes every time
     fill_mask.py     whole-word fill-mask with a trained model (use.py, train.py's closing demo)
     model_files.py   model folders: save_pretrained / from_pretrained, the Hugging Face export
     hf_cmbert.py     transformers' interfaces around cmbert.py's modules. Never imported here:
