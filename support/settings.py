@@ -206,6 +206,7 @@ PREPARE_RULES = [  # the whole message is the rule's text: these read as sentenc
                                                   "at least a few thousand tokens, and at most a quarter of the documents)"),
     ("max_val_tokens", at_least(1), "--max_val_tokens {v}: must be >= 1"),
     ("shard_tokens", at_least(1), "--shard_tokens {v}: must be >= 1"),
+    ("slice_bytes", at_least(1), "--slice_bytes {v}: must be >= 1"),
     ("workers", at_least(1), "--workers {v}: must be >= 1"),
     ("chunk_chars", at_least(1), "--chunk_chars {v}: must be >= 1"),
     ("world", at_least(1), "--world {v}: must be >= 1"),
@@ -242,7 +243,7 @@ def prepare_args(argv, doc):
     p.add_argument("--step", choices=["all", "vocab", "encode", "finalize"], default="all",
                    help="all = vocab, encode, finalize here; on several machines run them one by one (docs/data.md)")
     p.add_argument("--rank", type=int, help="this machine's number in [0, --world) (default: from RANK or Slurm, else 0)")
-    p.add_argument("--world", type=int, help="machines sharing --step encode; machine r encodes input files r, "
+    p.add_argument("--world", type=int, help="machines sharing --step encode; machine r encodes slices r, "
                                              "r + world, ... (default: from WORLD_SIZE or Slurm, else 1)")
     p.add_argument("--text_field", default="text",
                    help="JSON / CSV / parquet field(s) holding the text, e.g. title,content (CSV: its first line's names)")
@@ -257,6 +258,9 @@ def prepare_args(argv, doc):
     p.add_argument("--max_val_tokens", type=int, default=10_000_000,
                    help="validation keeps whole shards up to about this many tokens; the rest is set aside")
     p.add_argument("--shard_tokens", type=int, default=100_000_000, help="tokens per shard at most")
+    p.add_argument("--slice_bytes", type=int, default=1 << 25,
+                   help="the unit of work: a larger .txt / .jsonl is cut into slices of about this many bytes, a "
+                        ".parquet into runs of row groups (32 MiB; exact duplicates are removed within a slice)")
     p.add_argument("--doc_format", choices=["line", "blank"], default="line",
                    help="plain text: one document per line, or documents separated by a blank line")
     p.add_argument("--keep_duplicates", action="store_true",
@@ -264,7 +268,7 @@ def prepare_args(argv, doc):
     p.add_argument("--segmenter", choices=["rjieba", "jieba"], default="rjieba",
                    help="rjieba = jieba-rs (same dictionary and algorithm, in Rust); jieba = the Python original")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="processes, each encoding whole input files; the default is the number of cores")
+                   help="processes, each encoding one slice at a time; the default is the number of cores")
     p.add_argument("--chunk_chars", type=int, default=1 << 18, help="characters a worker segments and encodes at once")
     p.add_argument("--overwrite", action="store_true",
                    help="replace what --out_dir holds (a different dataset; or this one, built afresh instead of resumed)")
@@ -284,8 +288,8 @@ def dataset_settings(args, files):
     return dict(sources=files, text_field=[f.strip() for f in args.text_field.split(",") if f.strip()],
                 encoding=args.encoding, vocab_size=args.vocab_size, val_fraction=args.val_fraction,
                 max_val_tokens=args.max_val_tokens, segmenter=args.segmenter, bpe_chars=args.bpe_chars,
-                bpe_fraction=args.bpe_fraction, shard_tokens=args.shard_tokens, doc_format=args.doc_format,
-                keep_duplicates=args.keep_duplicates,
+                bpe_fraction=args.bpe_fraction, shard_tokens=args.shard_tokens, slice_bytes=args.slice_bytes,
+                doc_format=args.doc_format, keep_duplicates=args.keep_duplicates,
                 tokenizer=os.path.abspath(args.tokenizer) if args.tokenizer else None)
 
 
