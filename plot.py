@@ -482,22 +482,21 @@ def fig_architecture(presets=("tiny", "base", "large"), vocab_size=32000):
 
 
 def fig_validation(scores, title="validation"):
-    """Scores of train.evaluate (or train.long_documents) next to their no-context baselines on the
-    same positions: the training unigram's cross-entropy, and always the most frequent token.
-    Accuracies carry their binomial standard error over the n scored positions."""
+    """Scores (stats.summarize of train.evaluate, or train.long_documents' groups) next to their
+    no-context baselines on the same positions: the training unigram's cross-entropy, and always the
+    most frequent token. The model's bars carry their standard error (documents as the unit)."""
     import textwrap
     names = list(scores)
     fig, ax = new(1, 2, size=(max(7.0, 4 + 1.6 * len(names)), 3.2))
     x = np.arange(len(names))
-    n = np.array([scores[k]["n"] for k in names])
     for a, (model, base, label, base_label) in zip(ax[0], [
             ("loss", "unigram_ce", "MLM loss (nats)", "train unigram, no context"),
             ("acc", "top_acc", "accuracy", "always the most frequent token")]):
         top = 0
         for dx, key, color, name in [(-0.2, model, COLORS["blue"], "the model"), (0.2, base, COLORS["orange"], base_label)]:
             ys = np.array([scores[k][key] for k in names])
-            se = np.sqrt(ys * (1 - ys) / n) if key.endswith("acc") else np.zeros(len(ys))
-            a.bar(x + dx, ys, 0.4, yerr=se if key.endswith("acc") else None, capsize=3, color=color, label=name)
+            se = np.array([scores[k].get(f"{key}_se", 0.0) for k in names])  # the baselines: no error bar
+            a.bar(x + dx, ys, 0.4, yerr=se if se.any() else None, capsize=3, color=color, label=name)
             for xi, y, e in zip(x + dx, ys, se):
                 a.text(xi, y + e, f"{y:.1%}" if key.endswith("acc") else f"{y:.3f}", ha="center", va="bottom", fontsize=7)
             top = max(top, (ys + se).max())
@@ -507,7 +506,7 @@ def fig_validation(scores, title="validation"):
         a.set_ylabel(label)
         a.legend(loc="upper right")
     fig.suptitle(f"{title}: masked positions only, each next to its baseline on the same positions\n"
-                 f"(accuracy ± its binomial standard error over the positions)", fontsize=9)
+                 f"(± one standard error, documents as the unit)", fontsize=9)
     return fig
 
 

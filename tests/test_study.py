@@ -12,9 +12,9 @@ def write_study(path, data_dir, out_dir, seeds=(1, 2)):
     path.write_text(f"""
 out_dir = {str(out_dir)!r}
 seeds = {list(seeds)!r}
-common = ["--data_dir={data_dir}", "--max_steps=4", "--stages=[(0, 64, 2, 1e4), (0.5, 256, 1, 8e4)]",
-          "--eval_windows=2", "--eval_interval=2", "--ckpt_interval=2", "--dtype=float32", "--demo=False",
-          "--progress=False", "--lr_warmup=0.25"]
+common = ["--data_dir={data_dir}", "--max_steps=4", "--stages=[(0, 64, 2, 1e4), (0.5, 128, 1, 8e4)]",
+          "--eval_windows=2", "--eval_long_docs=3", "--eval_interval=2", "--ckpt_interval=2", "--dtype=float32",
+          "--demo=False", "--progress=False", "--lr_warmup=0.25"]
 settings = {{"default": [], "token-level masking": ["--whole_word=False"]}}
 """, encoding="utf-8")
     return path
