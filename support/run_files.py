@@ -189,7 +189,7 @@ def describe(r, what):
     standard errors of the margins (documents as the unit: support/stats.py)."""
     return (f"{what}: loss {r['loss']:.4f} vs train-unigram {r['unigram_ce']:.4f} ({r['gain']:+.3f} ± "
             f"{r['gain_se']:.3f} nats of context), acc {r['acc']:.2%} vs most frequent token {r['top_acc']:.2%} "
-            f"({100 * r['margin']:+.1f} ± {100 * r['margin_se']:.1f} points), {r['n']:,} positions in "
+            f"({100 * r['margin']:+.2f} ± {100 * r['margin_se']:.2f} points), {r['n']:,} positions in "
             f"{r['docs']:,} documents")
 
 
