@@ -62,7 +62,7 @@ TASKS = {
                files={role: name[3:] for role, name in C3_RELEASE.items()},
                alt=[("c3_public", C3_RELEASE), (".", C3_RELEASE)]),
     # the idiom cloze: fine-tuned as multiple choice (a softmax over a blank's candidates), and answered
-    # zero-shot by the masked LM; CLUE's length 64 (the context is cut around the blank), lr, epochs
+    # zero-shot by the masked LM; CLUE's lr and epochs, length 128 (CLUE's 64 cuts most FewCLUE passages)
     "chid": dict(folder="chid_public", kind="cloze", epochs=3, lr=2e-5, batch=24, max_len=128, seeds=3),
     # the retrieval probe: contrastive fine-tuning of mean-pooled sentence embeddings (SimCSE-style)
     "simclue": dict(folder="simclue_public", kind="retrieval", epochs=1, lr=3e-5, batch=64, max_len=64),
@@ -395,9 +395,9 @@ def candidate_logprob(mlm, rows, start, k, whole_word, args, desc):
 
 
 def zero_shot_cloze(task, data, args):
-    """ChID answered by the masked LM, no fine-tuning: the candidate with the best score in the blank
-    (candidate_logprob per token, and summed: the candidates are all four characters, so how many
-    tokens one becomes is the vocabulary's doing). Beside it, the same with the passage removed
+    """ChID answered by the masked LM, no fine-tuning: the candidate whose tokens get the best mean
+    log-probability in the blank (ChID's idioms all have four characters; how many tokens one becomes
+    is the vocabulary's doing), and by the sum too. Beside it, the same with the passage removed
     ([CLS] candidate [SEP]): what the model thinks of the idiom alone, so the margin is the context's."""
     torch.manual_seed(args.seed)  # --init random: one random draw, fixed by --seed
     mlm = CMBert(read_config(args.model_dir, CMBertConfig)) if args.init == "random" else CMBert.from_pretrained(args.model_dir)
@@ -646,7 +646,8 @@ def parse_args(argv):
 
 
 def check_settings(tasks, args):
-    """Every task's length fits the model (and CMRC2018's stride its length), and so on (settings.check_eval)."""
+    """The model folder, each task's length (and CMRC2018's stride), the output folders and the
+    tokenizer, checked before any work (settings.check_eval)."""
     lengths = {task: task_settings(task, args)["max_len"] for task in tasks}
     return settings.check_eval(args, lengths, [t for t in tasks if TASKS[t]["kind"] == "span"], CMBertConfig)
 

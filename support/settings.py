@@ -293,7 +293,7 @@ def eval_args(argv, doc, tasks):
     defaults = "\n".join(f"  {t:12s} {plural(s['epochs'], 'epoch'):>9s}, lr {s['lr']:g}, batch {s['batch']}, length "
                          f"{s['max_len']}, {plural(s.get('seeds', 1), 'seed')}" for t, s in tasks.items())
     p = ArgParser("eval_clue.py", doc, epilog=doc.split("\n\n", 2)[2] + "\n\nPer-task defaults (CLUE's baseline "
-                  "settings; SimCLUE's are this project's choice):\n" + defaults)
+                  "settings; SimCLUE's, and ChID's length and batch, are this project's choice):\n" + defaults)
     p.add_argument("--model_dir", default="out", help="a directory written by train.py")
     p.add_argument("--data_dir", default="data/clue", help="the CLUE folders")
     p.add_argument("--tasks", default="all", help="comma-separated, or all: every task whose files exist")
