@@ -5,11 +5,12 @@ allowed.
 
     train.py      a dataclass of settings (nanoGPT style): config files, then --name=value overrides
     prepare.py    argparse (ArgParser below: one help format, errors in one line)
-    eval_clue.py  argparse
+    eval_clue.py  argparse, then its settings checked against the model and the folders (check_eval)
 """
 import argparse, ast, dataclasses, inspect, math, os, sys
 
 from .errors import Refused
+from .model_files import check_model_dir, check_tokenizer
 
 
 # ------------------------------------------------------------------------------------------
@@ -343,7 +344,6 @@ def check_eval(args, lengths, strided, config_cls):
     whole and every task's length ({task: max_len}) fits it, the stride fits the length of each task
     read in strided windows, the output folders can be written, and the tokenizer is the model's own.
     Returns (tokenizer, its path)."""
-    from .model_files import check_model_dir, check_tokenizer
     cfg = check_model_dir(args.model_dir, config_cls, args.init == "pretrained", lengths)
     for task in strided:
         if args.doc_stride > lengths[task] // 2:
