@@ -22,6 +22,8 @@ import these modules; a module here imports only its neighbours, never a file ab
     model_files.py   model folders: save_pretrained / from_pretrained, the Hugging Face export
     hf_cmbert.py     transformers' interfaces around cmbert.py's modules. Never imported here:
                      save_hf copies it, with cmbert.py, into RMSNorm exports, where it runs
-    clue_data.py     CLUE's files found and read row by row; the official CMRC2018 metric; correlations
-    clue_results.py  eval_clue's report: seeds aggregated, the table, --save folders
+    clue_data.py     CLUE's files found and read row by row (ChID in FewCLUE's and CLUE's layouts);
+                     the official CMRC2018 metric; correlations
+    clue_results.py  eval_clue's report: seeds aggregated, zero-shot accuracies beside their baseline,
+                     the tables, --save folders
 """

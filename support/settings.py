@@ -5,11 +5,12 @@ allowed.
 
     train.py      a dataclass of settings (nanoGPT style): config files, then --name=value overrides
     prepare.py    argparse (ArgParser below: one help format, errors in one line)
-    eval_clue.py  argparse
+    eval_clue.py  argparse, then its settings checked against the model and the folders (check_eval)
 """
 import argparse, ast, dataclasses, inspect, math, os, sys
 
 from .errors import Refused
+from .model_files import check_model_dir, check_tokenizer
 
 
 # ------------------------------------------------------------------------------------------
@@ -298,7 +299,7 @@ def eval_args(argv, doc, tasks):
     defaults = "\n".join(f"  {t:12s} {plural(s['epochs'], 'epoch'):>9s}, lr {s['lr']:g}, batch {s['batch']}, length "
                          f"{s['max_len']}, {plural(s.get('seeds', 1), 'seed')}" for t, s in tasks.items())
     p = ArgParser("eval_clue.py", doc, epilog=doc.split("\n\n", 2)[2] + "\n\nPer-task defaults (CLUE's baseline "
-                  "settings; SimCLUE's are this project's choice):\n" + defaults)
+                  "settings; SimCLUE's, and ChID's length and batch, are this project's choice):\n" + defaults)
     p.add_argument("--model_dir", default="out", help="a directory written by train.py")
     p.add_argument("--data_dir", default="data/clue", help="the CLUE folders")
     p.add_argument("--tasks", default="all", help="comma-separated, or all: every task whose files exist")
@@ -318,6 +319,11 @@ def eval_args(argv, doc, tasks):
                    help="CMRC2018 window stride in tokens, at most half of --max_len")
     p.add_argument("--temperature", type=number(float), default=0.05, help="SimCLUE InfoNCE temperature")
     p.add_argument("--max_train_samples", type=number(int), help="a random subset of each training set (default: all)")
+    p.add_argument("--mlm_scoring", choices=["word", "token"], default="word",
+                   help="ChID zero-shot: word = a candidate's tokens masked together, as whole-word masking trained "
+                        "(a pass per candidate); token = each masked in turn, the others visible (a pass per token)")
+    p.add_argument("--zero_shot_only", action="store_true",
+                   help="no fine-tuning: only the zero-shot score of the tasks that have one (ChID, by the masked LM)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="autocast: auto = bf16 where native, else fp32")
@@ -336,3 +342,23 @@ def eval_args(argv, doc, tasks):
     args = p.parse(argv, rules)
     args.progress = args.progress == "True"
     return args
+
+
+def check_eval(args, lengths, strided, config_cls):
+    """eval_clue.py's settings against its model and folders, before any work: the model folder is
+    whole and every task's length ({task: max_len}) fits it, the stride fits the length of each task
+    read in strided windows, the output folders can be written, and the tokenizer is the model's own.
+    Returns (tokenizer, its path)."""
+    cfg = check_model_dir(args.model_dir, config_cls, args.init == "pretrained", lengths)
+    for task in strided:
+        if args.doc_stride > lengths[task] // 2:
+            raise Refused(f"--doc_stride {args.doc_stride}: must be in [1, {lengths[task] // 2}] (half of the "
+                          f"{task} length {lengths[task]}), else windows skip context")
+    try:
+        os.makedirs(args.save, exist_ok=True) if args.save else None
+    except OSError as e:
+        raise Refused(f"--save {args.save}: {e.strerror}")
+    for folder in [os.path.dirname(os.path.abspath(args.out))] + ([args.save] if args.save else []):
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise Refused(f"{folder}: not a writable directory")
+    return check_tokenizer(args.model_dir, cfg, args.tokenizer)
