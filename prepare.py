@@ -471,7 +471,10 @@ def main(argv=None):
         check_fits(load_tokenizer(args.tokenizer), args.tokenizer, args.vocab_size, owner="the dataset")
     files, readers = (corpus.resolve_inputs(args.input, doc_format=args.doc_format), {}) if args.input \
         else default_corpus()
-    config = settings.dataset_settings(args, files)
+    # The dataset is also a function of the recipe's constants: recorded, so that a data folder made
+    # with other ones is refused rather than silently reused.
+    config = dict(settings.dataset_settings(args, files), min_val_chars=MIN_VAL_CHARS,
+                  **({} if args.input else {"news_doc_chars": PEOPLES_DAILY_DOC_CHARS}))
     plan = step_vocab(args, files, readers, config) if args.step in ("all", "vocab") else \
         dataset.read_plan(args.out_dir, config)
     if args.step in ("all", "encode"):

@@ -1,6 +1,6 @@
 """
-A study: train.py run for a list of settings x seeds, one run after another, then a table that says
-which differences are beyond noise.
+A study: train.py run for a list of settings x seeds, one run after another (seed by seed), then a
+table that says which differences are beyond noise.
 
     python study.py config/study_ablations.py            # run what is not finished yet, then the table
     python study.py config/study_ablations.py --table    # only the table and the picture, from the runs so far
@@ -188,7 +188,9 @@ def main(argv=None):
     p.add_argument("--dry_run", action="store_true", help="print the runs and what each would do, run nothing")
     args = p.parse_args(argv)
     settings, seeds, common, out_dir, baseline = read_study(args.study)
-    plan = [(name, seed, run_dir(out_dir, name, seed)) for name in settings for seed in seeds]
+    # Seed by seed: every setting's first seed before any second one, so that a study stopped early
+    # still compares every setting (and each later seed adds a spread to all of them).
+    plan = [(name, seed, run_dir(out_dir, name, seed)) for seed in seeds for name in settings]
     if args.dry_run:
         for name, seed, run in plan:
             state = progress(run)

@@ -37,7 +37,7 @@ class TrainConfig:
     # max_steps, so a shorter run is the same recipe in miniature.
     stages: list = field(default_factory=lambda: [
         dict(start=0.0, seq_len=256, batch_size=8, rope_theta=10000.0),
-        dict(start=0.9, seq_len=2048, batch_size=1, rope_theta=80000.0)])
+        dict(start=0.75, seq_len=2048, batch_size=1, rope_theta=80000.0)])
     max_steps: int = 850
     grad_accum: int = 1              # micro-steps per optimiser step (less memory, the same step)
     # whole-word masking curriculum: linear min -> max over mask_warmup, then back to min at the end
@@ -67,8 +67,8 @@ class TrainConfig:
     device: str = "auto"             # auto = cuda, then mps, then cpu
     seed: int = 1337
     max_bad_steps: int = 5           # consecutive non-finite steps before the run stops
-    eval_interval: int = 100
-    eval_windows: int = 64           # validation windows of the first stage's length, spread over the validation split
+    eval_interval: int = 170
+    eval_windows: int = 1024         # validation windows of the first stage's length, spread over the validation split
     eval_long_len: int = 0           # long-document windows: 0 = the last stage's length (set it to compare a one-stage run)
     eval_long_docs: int = 64         # long validation documents scored at each stage switch and at the end (a fixed sample)
     ckpt_interval: int = 100

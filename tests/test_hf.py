@@ -358,7 +358,7 @@ def test_train_accepts_name_space_value_and_help_lists_every_default(capsys):
         assert line, f.name
         if f.default is not dataclasses.MISSING and f.name != "compile":  # compile: an expression (CUDA or not)
             assert ast.literal_eval(line.group(1)) == f.default, f.name
-    assert "stages: list = field(default_factory=lambda: [" in text and "dict(start=0.9, seq_len=2048" in text
+    assert "stages: list = field(default_factory=lambda: [" in text and "dict(start=0.75, seq_len=2048" in text
 
 
 def test_prepare_help_shows_defaults(capsys):

@@ -107,7 +107,7 @@ def test_schedules_at_their_defining_points():
 
 
 def test_schedules_are_fractions_so_a_short_run_is_the_recipe_in_miniature():
-    for steps, warm, switch in [(850, 30, 765), (60, 2, 54), (8500, 298, 7650)]:
+    for steps, warm, switch in [(850, 30, 638), (60, 2, 45), (8500, 298, 6375)]:
         cfg = train.TrainConfig(max_steps=steps)
         lrs = [train.learning_rate(s, cfg) for s in range(steps)]
         assert max(range(steps), key=lambda s: lrs[s]) == warm - 1, "the warm-up ends at lr_max"
