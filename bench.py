@@ -9,6 +9,10 @@ Benchmarks, each measured side by side with its reference in one run:
                                 # train.py's start-up (a 2-step run) on datasets of ~10M, ~100M and
                                 # >= 2B tokens: time and peak memory against corpus size
     python bench.py model       # a CMBert training step vs transformers' ModernBertForMaskedLM
+    python bench.py gpu --out gpu.json
+                                # the first minutes on a GPU: every attention backend against the
+                                # exact rule, compiled = eager, then speed vs ModernBERT and MFU;
+                                # one JSON, exit status 1 where a check fails
     python bench.py finetune    # a CLUE fine-tuning step (WSC-sized batch): eval_clue.py before vs now
     python bench.py masking     # whole-word masking vs transformers' DataCollatorForLanguageModeling
                                 # (needs data/default from prepare.py)

@@ -13,6 +13,7 @@ import these modules; a module here imports only its neighbours, never a file ab
     dataset.py       the prepared dataset on disk (shards, done records, manifest): written by
                      prepare.py, checked and read by train.py
     run_files.py     a training run's directory: checkpoint, model folder, log, what a run prints
+    trackers.py      the log also sent to TensorBoard or Weights & Biases (train.py --tracker), optional
     plots.py         train.png and the comparison of several runs, drawn from their logs
     fill_mask.py     whole-word fill-mask with a trained model (use.py, train.py's closing demo)
     model_files.py   model folders: save_pretrained / from_pretrained, the Hugging Face export

@@ -9,6 +9,8 @@ foreign file:
     tokenizer.json
     log.jsonl           one JSON row per step and per evaluation; the first row says which code ran
     train.png           the curves
+    tracker.json        with --tracker (trackers.py): the W&B run id, how far TensorBoard's events
+    events.out.tfevents.*, wandb/   are complete; the tracker's own files
 
 Every file is written by an atomic rename (files.py); ckpt.pt is read as data only (weights_only:
 a crafted file cannot run code) and refused in one line when it is damaged, foreign or of another
@@ -24,7 +26,7 @@ from .errors import Refused, why
 from .files import atomic_path, copy_file, sha256
 
 CKPT_FORMAT = 3  # the layout of ckpt.pt (3: the dataset fingerprint, the embedding's own optimiser group); older ones are refused
-RUN_FILES = ["ckpt.pt", "model.safetensors", "config.json", "tokenizer.json", "log.jsonl", "train.png"]
+RUN_FILES = ["ckpt.pt", "model.safetensors", "config.json", "tokenizer.json", "log.jsonl", "train.png", "tracker.json"]
 FROM_COMMAND_LINE = {"data_dir", "out_dir", "device", "resume"}  # never taken from a checkpoint
 
 

@@ -9,24 +9,27 @@ becomes TensorBoard text at step 0 and W&B's run config. A tracker that is asked
 installed is refused with the settings (train_rules); one that cannot start (W&B not logged in) is
 refused when it starts, before the first step; either is one line. Only the master process logs.
 
-A resumed run continues the same curves, every step exactly once (log.jsonl holds the truth:
-the rows up to the checkpoint, rewritten by run_files.rewrite_log):
+A resumed run continues the same curves, every step exactly once; log.jsonl holds the truth (the
+rows up to the checkpoint, run_files.rewrite_log) and tracker.json in the output directory what
+each tracker holds of it. A fresh run forgets tracker.json.
 
   tensorboard  event files in the output directory. Before each ckpt.pt is written the events are
                flushed and tracker.json records the step up to which they are complete. A resume
                from a checkpoint they cover opens its writer with purge_step = that step + 1:
                TensorBoard then drops every event of the earlier files from that step on (what
-               the killed run wrote after its checkpoint; a resume recomputes those steps bitwise,
-               only tok_s differs). Otherwise (the run had no tracker, or another one) purge_step
-               is 0 and log.jsonl's rows are replayed: the events restart whole.
+               the killed run wrote after its checkpoint; the resume recomputes those steps bitwise,
+               only tok_s differs). Otherwise (a fresh run; a resume of a run that had no tracker,
+               or another one) purge_step is 0 and log.jsonl's rows are replayed: the events
+               restart whole.
   wandb        one W&B run per output directory, its id kept in tracker.json and resumed
-               (resume="allow"). Offline (WANDB_MODE=offline), W&B cannot resume: each start writes
-               a new directory under <out_dir>/wandb whose step counter starts at 0, and syncing a
-               second directory of the same id replaces what the first uploaded. So every start
-               replays log.jsonl's rows, and the newest directory holds the whole run, every step
-               once (`wandb sync <out_dir>/wandb/latest-run`). Online, W&B knows the steps it holds
-               (run.step after a resume); rows below it are not sent again (W&B would drop them
-               with a warning: it keeps the killed run's values, equal but for tok_s).
+               (resume="allow"). Offline (WANDB_MODE=offline) W&B does not resume: each start
+               writes a new directory under <out_dir>/wandb whose step counter starts at 0, and
+               nothing merges the directories of one id (syncing a later one over an earlier one is
+               reported to replace its history). So every start replays log.jsonl's rows: the
+               newest directory holds the whole run, every step once (`wandb sync
+               <out_dir>/wandb/latest-run`). Online, W&B knows what it holds: after a resume,
+               run.step is the step after its last, and rows below it are not sent again (W&B would
+               drop them with a warning; it keeps the killed run's values, equal but for tok_s).
 """
 import atexit, json, os, secrets
 

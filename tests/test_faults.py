@@ -471,6 +471,10 @@ TRAIN_SETTINGS = [
 if not torch.cuda.is_available():
     TRAIN_SETTINGS.append(("--device=cuda", "device='cuda': must be a CUDA device this machine has"))
     TRAIN_SETTINGS.append(("--attn_backend=flash", "attn_backend='flash': must be auto or torch here"))
+from support.runtime import flex_trains_on  # noqa: E402
+if not flex_trains_on("cpu"):  # torch 2.13: FlexAttention has no backward pass on a CPU
+    TRAIN_SETTINGS.append(("--attn_backend=flex --device=cpu", "attn_backend='flex': must be auto or torch here (flex: "
+                           "this torch's FlexAttention has no backward pass on this device)"))
 
 
 @pytest.mark.parametrize("args,message", TRAIN_SETTINGS, ids=[a for a, _ in TRAIN_SETTINGS])
