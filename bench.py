@@ -481,7 +481,7 @@ def gpu_runs(here):
     for backend in [b for b, why_not in here.items() if not why_not]:
         for compiled in ([False, True] if backend != "flex" else [True]):  # flex is only fast compiled
             for packed in (False, True):
-                label = f"cmbert {backend}{' compiled' if compiled else ''}{', packed' if packed else ''}"
+                label = f"cmbert {backend}{' compiled' if compiled else ''}{' packed' if packed else ''}"
                 runs.append((label, "cmbert", backend, compiled, packed))
     from cmbert import flash_attn_available
     for attn in ["sdpa"] + (["flash_attention_2"] if here["flash"] is None and flash_attn_available() else []):

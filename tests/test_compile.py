@@ -72,14 +72,16 @@ TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-3}
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_compiled_training_equals_eager_and_resumes_bitwise(tmp_path, tiny_data, fresh_compiler, dtype):
-    """An eager run, a compiled run, and the compiled run resumed from its step-2 checkpoint."""
+    """An eager run, a compiled run, and (in fp32: bf16 takes the same path, and each run costs
+    time) the compiled run resumed from its step-2 checkpoint."""
     train.main([f"--data_dir={tiny_data}", f"--out_dir={tmp_path / 'eager'}", f"--dtype={dtype}", "--compile=False",
                 *ARGS])
-    train_compiled(tiny_data, tmp_path / "compiled", dtype, snapshot_at=2)
+    train_compiled(tiny_data, tmp_path / "compiled", dtype, snapshot_at=2 if dtype == "float32" else None)
     # one graph for every batch: no graph break at the masked positions, no recompilation when the
     # number of documents changes (runtime.wrap)
     assert fresh_compiler["stats"]["unique_graphs"] == 1, dict(fresh_compiler["stats"])
-    train_compiled(tiny_data, tmp_path / "compiled_at2", dtype, "--resume=True")
+    if dtype == "float32":
+        train_compiled(tiny_data, tmp_path / "compiled_at2", dtype, "--resume=True")
     runs = tmp_path
     eager, compiled = losses(runs / "eager"), losses(runs / "compiled")
     assert len(eager) == len(compiled) == 4
@@ -88,6 +90,8 @@ def test_compiled_training_equals_eager_and_resumes_bitwise(tmp_path, tiny_data,
     assert diff < TOLERANCE[dtype], (eager, compiled)
     val = [[r["val_loss"] for r in rows(runs / d) if "val_loss" in r] for d in ("eager", "compiled")]
     assert len(val[0]) == 2 and max(abs(a - b) / a for a, b in zip(*val)) < TOLERANCE[dtype], val
+    if dtype != "float32":
+        return
     # within the compiled mode a resume continues bitwise: the same weights, the same log but for tok_s
     wa, wb = weights(runs / "compiled"), weights(runs / "compiled_at2")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -116,7 +120,7 @@ GPU_ON_CPU = ["gpu", "--device=cpu", "--dtype=float32", "--preset=tiny", "--shap
 def test_the_gpu_command_checks_every_backend_and_writes_one_json(tmp_path, fresh_compiler):
     import bench
     out = tmp_path / "gpu.json"
-    report = bench.main([*GPU_ON_CPU, "--steps=1", "--warmup=1", "--only=packed,ModernBERT", "--compile_backend=aot_eager",
+    report = bench.main([*GPU_ON_CPU, "--steps=1", "--warmup=1", "--only=torch compiled packed,ModernBERT", "--compile_backend=aot_eager",
                          f"--out={out}"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report)) and report["ok"]
     checks = {c["check"]: c for c in report["checks"]}
@@ -139,7 +143,7 @@ def test_the_gpu_command_checks_every_backend_and_writes_one_json(tmp_path, fres
                     assert c["ok"] is None and c["skipped"], c  # flex: no backward on a CPU; flash: no CUDA
     assert report["bitwise_repeatable"] == {"torch eager": True, "torch compiled": True}
     labels = [r["label"] for r in report["rows"]]
-    assert labels == ["cmbert torch, packed", "cmbert torch compiled, packed", "ModernBERT sdpa"], labels
+    assert labels == ["cmbert torch compiled packed", "ModernBERT sdpa"], labels
     assert all(r["tok_s"] > 0 and r["mfu_measured"] > 0 and r["vs_modernbert"] > 0 and r["mfu"] is None
                for r in report["rows"]), report["rows"]
 
