@@ -1,10 +1,10 @@
 """
 Benchmarks, each measured side by side with its reference in one run:
 
-    python bench.py prepare     # prepare.py's pipeline vs plain single-process jieba.lcut
-    python bench.py prepare --input CORPUS --scale_to 1e9
-                                # the encode step with 1 and 2 workers: throughput and peak memory
-                                # per worker, on CORPUS and on CORPUS repeated to >= 1 GB, side by side
+    python bench.py prepare --input CORPUS --text_field title,content
+                                # the encode step on one core against the speed of its parts (NFKC,
+                                # jieba, BPE) on the same text, then that text repeated into one big
+                                # file encoded by 1 and 2 workers: speed-up and peak memory per worker
     python bench.py startup --input CORPUS
                                 # train.py's start-up (a 2-step run) on datasets of ~10M, ~100M and
                                 # >= 2B tokens: time and peak memory against corpus size
@@ -17,36 +17,134 @@ Benchmarks, each measured side by side with its reference in one run:
     python bench.py masking     # whole-word masking vs transformers' DataCollatorForLanguageModeling
                                 # (needs data/default from prepare.py)
 """
-import argparse, gzip, json, math, os, shutil, subprocess, sys, tempfile, time
+import argparse, json, math, os, shutil, subprocess, sys, tempfile, time, unicodedata
 
 import torch
 
 
-def bench_prepare(args):
-    if args.input:
-        return bench_encode(args)
-    import jieba
+def corpus_text(args, path):
+    """The corpus' documents as they are (not normalised), one a line (a document's line breaks become
+    spaces), up to --text_bytes bytes, into `path`: the text every row of `bench.py prepare` works on.
+    Without --input, the default corpus (People's Daily read as prepare.py reads it, then the reviews)."""
     import prepare
-    files, readers = prepare.default_corpus()
-    pieces = list(prepare.normalized_documents(files, ["text"], "utf-8", readers=readers))
-    docs, n_docs = [p for p, _ in pieces], sum(last for _, last in pieces)
-    n_chars = sum(map(len, docs))
-    jieba.setLogLevel(60)
-    jieba.initialize()  # load the dictionary outside the timed region
+    from support import corpus
+    files, readers = (corpus.resolve_inputs(args.input), {}) if args.input else prepare.default_corpus()
+    fields = [f.strip() for f in args.text_field.split(",") if f.strip()]
+    lines, size, doc = [], 0, []
+    for part, last in corpus.read_documents(files, fields, "utf-8", "line", prepare.READ_BYTES, readers):
+        doc.append(part)
+        if last:
+            line, doc = "".join(doc).replace("\n", " "), []
+            size += len(line.encode("utf-8")) + 1
+            if size > args.text_bytes:
+                break
+            lines.append(line)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in lines)
+    return lines
+
+
+def timed(fn):
     t = time.perf_counter()
-    for d in docs:
-        jieba.lcut(d)
-    t_jieba = time.perf_counter() - t
-    with tempfile.TemporaryDirectory() as out:
-        t = time.perf_counter()
-        meta = prepare.main(["--out_dir", out, "--quiet", "--workers", str(args.workers)])
-        t_prep = time.perf_counter() - t
-    print(f"default corpus: {n_docs:,} documents, {n_chars:,} characters, {os.cpu_count()} cores")
-    print(f"{'':34s} {'seconds':>8s} {'M chars/s':>10s}")
-    print(f"{'jieba.lcut, one process':34s} {t_jieba:8.2f} {n_chars / t_jieba / 1e6:10.3f}")
-    print(f"{'prepare.py (vocab + seg + encode)':34s} {t_prep:8.2f} {n_chars / t_prep / 1e6:10.3f}"
-          f"   (vocabulary {meta['seconds_vocab']:.1f}s, segment+encode {meta['seconds_encode']:.1f}s summed over input files)")
-    print(f"pipeline / jieba speed: {t_jieba / t_prep:.2f}x")
+    fn()
+    return time.perf_counter() - t
+
+
+def encode_run(text, out, tok, args, *opts, workers=1):
+    """prepare.py's encode step alone (the vocabulary given) on `text`, every copy of a document kept
+    (so it encodes what the parts are timed on), in a fresh process: its wall time and peak memory,
+    and its done records in slice order (each with the seconds its slice took in its worker, the
+    worker's peak memory, and its shards)."""
+    common = ["--tokenizer", tok, "--keep_duplicates", *opts]
+    run_measured(prepare_cmd(text, out, args, "--step", "vocab", "--overwrite", *common))
+    wall, peak, _, _ = run_measured(prepare_cmd(text, out, args, "--step", "encode", "--workers", workers, "--world", 1,
+                                                *common))
+    shards = os.path.join(out, "shards")
+    done = [json.load(open(os.path.join(shards, f))) for f in sorted(os.listdir(shards)) if f.startswith("done-")]
+    return wall, peak, done
+
+
+def bench_prepare(args):
+    """The encode step against its parts, then one big file on several workers. First the parts alone,
+    in this process, on one core, on the corpus text: NFKC (unicodedata), segmentation (rjieba.cut),
+    BPE with the tokenizer's encode_batch (ids and offsets, one thread) and with encode_batch_fast
+    (ids only, what the encode step calls); then prepare.py's encode step on the same text with one
+    worker. Then that text repeated into one file of >= --scale_to bytes, encoded with each of
+    --workers_list: the speed-up over the first, the best one the slices allow, and peak memory per
+    worker; every worker count must give the same shards (the fingerprint of their list)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread: the rows compare one core with one core
+    import prepare
+    from support.dataset import fingerprint
+    root = os.path.abspath(os.path.join(args.bench_dir, "prepare"))
+    os.makedirs(root, exist_ok=True)
+    text = os.path.join(root, "text.txt")
+    lines = corpus_text(args, text)
+    vocab = os.path.join(root, "vocab")
+    t_vocab = run_measured(prepare_cmd(text, vocab, args, "--step", "vocab", "--overwrite"))[0]
+    tok_path = os.path.join(vocab, "tokenizer.json")
+    prepare.init_worker(open(tok_path, encoding="utf-8").read(), "rjieba")  # the tokenizer as a worker holds it
+    tok, cut = prepare._worker["tok"], prepare._worker["cut"]
+
+    normed = []
+    t_nfkc = timed(lambda: normed.extend(t for t in (unicodedata.normalize("NFKC", x).strip() for x in lines) if t))
+    n_chars = sum(map(len, normed))
+    batches, batch, size = [], [], 0  # chunks of --chunk_chars characters, as the encode step batches them
+    for t in normed:
+        batch.append(t)
+        size += len(t)
+        if size >= 1 << 18:
+            batches.append(batch)
+            batch, size = [], 0
+    batches.append(batch)
+    t_cut = timed(lambda: [cut(t) for t in normed])
+    t_bpe = timed(lambda: [tok.encode_batch(b, add_special_tokens=False) for b in batches])
+    t_fast = timed(lambda: [tok.encode_batch_fast(b, add_special_tokens=False) for b in batches])
+    wall, _, done = encode_run(text, os.path.join(root, "one"), tok_path, args)
+    t_enc = sum(d["seconds"] for d in done)
+    rate = lambda t: f"{t:8.2f} {n_chars / t / 1e6:10.3f}"  # noqa: E731
+    print(f"{os.path.getsize(text) / 1e6:.1f} MB of text, {len(normed):,} documents, {n_chars:,} characters; "
+          f"vocabulary step {t_vocab:.1f} s (not in the rows)")
+    print(f"{'one core, the same text':55s} {'seconds':>8s} {'M chars/s':>10s}")
+    for label, t in [("NFKC (unicodedata.normalize)", t_nfkc), ("segmentation (rjieba.cut)", t_cut),
+                     ("BPE encode_batch (ids + offsets)", t_bpe), ("BPE encode_batch_fast (ids only)", t_fast),
+                     ("the parts: NFKC + rjieba + encode_batch", t_nfkc + t_cut + t_bpe),
+                     ("the parts: NFKC + rjieba + encode_batch_fast", t_nfkc + t_cut + t_fast),
+                     ("prepare.py encode step, 1 worker (in the worker)", t_enc),
+                     ("prepare.py encode step, 1 worker (wall, with start-up)", wall)]:
+        print(f"{label:55s} {rate(t)}")
+    print(f"encode step / parts speed: {(t_nfkc + t_cut + t_bpe) / t_enc:.0%} (parts with encode_batch), "
+          f"{(t_nfkc + t_cut + t_fast) / t_enc:.0%} (with encode_batch_fast); the step encoded "
+          f"{sum(d['stats']['chars'] for d in done):,} characters")
+
+    copies = max(1, math.ceil(args.scale_to / os.path.getsize(text)))
+    big = os.path.join(root, f"big_x{copies}.txt")
+    if not os.path.exists(big):
+        with open(text, "rb") as f:
+            block = f.read()
+        with open(big + ".part", "wb") as f:
+            for _ in range(copies):
+                f.write(block)
+        os.replace(big + ".part", big)
+    print(f"\none file: the text x {copies} = {os.path.getsize(big) / 1e6:,.0f} MB, --slice_bytes {args.slice_bytes} "
+          f"(every copy kept and encoded)")
+    print(f"{'workers':>8s} {'slices':>7s} {'encode s':>9s} {'M chars/s':>10s} {'speed-up':>9s} {'best the slices allow':>22s} "
+          f"{'peak MB/worker':>15s} {'peak MB, all':>13s}")
+    prints, first = set(), None
+    for w in args.workers_list:
+        out = os.path.join(root, f"big_w{w}")
+        wall, peak, done = encode_run(big, out, tok_path, args, "--slice_bytes", args.slice_bytes, workers=w)
+        prints.add(fingerprint({split: [s for d in done for s in d["shards"][split]] for split in ("train", "val")}))
+        sizes = sorted((d["slice"]["size"] for d in done), reverse=True)
+        loads = [0] * w  # the pool's order: largest first, each to the first free worker
+        for n in sizes:
+            loads[loads.index(min(loads))] += n
+        first = first or wall
+        print(f"{w:8d} {len(done):7d} {wall:9.1f} {sum(d['stats']['chars'] for d in done) / wall / 1e6:10.3f} "
+              f"{first / wall:9.2f} {sum(sizes) / max(loads):22.2f} {max(d['peak_rss_mb'] for d in done):15,.0f} "
+              f"{peak:13,.0f}")
+        shutil.rmtree(out)
+    if len(prints) != 1:
+        sys.exit("bench.py: error: the worker counts gave different datasets")
 
 
 # ------------------------------------------------------------------------------------------
@@ -93,7 +191,7 @@ def run_measured(cmd, log=None):
 def copies_of(files, dest, n):
     """`n` copies of the input files as symbolic links, dest/copy00000/<their paths below their
     common folder>, ...: prepare.py reads them as n times the corpus (exact copies in other files
-    are not removed: de-duplication is within an input file)."""
+    are not removed: de-duplication is within a slice of an input file)."""
     top = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0])
     for k in range(n):
         for f in files:
@@ -104,68 +202,18 @@ def copies_of(files, dest, n):
     return dest
 
 
-def text_bytes(files):
-    """Bytes of text the files hold (a gzipped file: uncompressed)."""
-    total = 0
-    for f in files:
-        if f.lower().endswith(".gz"):
-            with gzip.open(f, "rb") as g:
-                while block := g.read(1 << 24):
-                    total += len(block)
-        else:
-            total += os.path.getsize(f)
-    return total
-
-
 def prepare_cmd(inputs, out, args, *more):
     return [sys.executable, "prepare.py", "--input", inputs, "--out_dir", out, "--text_field", args.text_field,
             "--quiet", *more]
 
 
-def bench_encode(args):
-    """The encode step alone (a vocabulary trained once beforehand), with 1 and 2 workers, on the
-    given corpus and on it repeated to >= --scale_to bytes of text: characters and tokens per second,
-    and peak memory per worker (each done record holds its worker's peak), which should not depend
-    on the size of the corpus. The two worker counts must give the same dataset (its fingerprint)."""
-    from support import corpus
-    root = os.path.abspath(os.path.join(args.bench_dir, "prepare"))
-    files = corpus.resolve_inputs(args.input)
-    raw = text_bytes(files)
-    runs = [("corpus", copies_of(files, os.path.join(root, "in_1"), 1), raw)]
-    if args.scale_to:
-        n = math.ceil(args.scale_to / raw)
-        runs.append((f"corpus x {n}", copies_of(files, os.path.join(root, f"in_{n}"), n), n * raw))
-    vocab = os.path.join(root, "vocab")
-    t_vocab = run_measured(prepare_cmd(runs[0][1], vocab, args, "--step", "vocab", "--overwrite"))[0]
-    tok = os.path.join(vocab, "tokenizer.json")
-    print(f"{os.cpu_count()} cores; vocabulary step on the corpus: {t_vocab:.1f} s (not in the rows below)")
-    print(f"{'input':>16s} {'text MB':>8s} {'files':>6s} {'workers':>8s} {'encode s':>9s} {'M chars/s':>10s} "
-          f"{'M tokens/s':>11s} {'peak MB/worker':>15s} {'peak MB, all':>13s} {'finalize s':>11s}")
-    for label, inputs, size in runs:
-        prints = set()
-        for w in args.workers_list:
-            out = os.path.join(root, f"out_{label.replace(' ', '')}_w{w}")
-            run_measured(prepare_cmd(inputs, out, args, "--step", "vocab", "--tokenizer", tok, "--overwrite"))
-            wall, peak, _, _ = run_measured(prepare_cmd(inputs, out, args, "--step", "encode", "--tokenizer", tok,
-                                                        "--workers", w, "--world", 1))
-            done = [json.load(open(os.path.join(out, "shards", f))) for f in sorted(os.listdir(os.path.join(out, "shards")))
-                    if f.startswith("done-")]
-            t_final = run_measured(prepare_cmd(inputs, out, args, "--step", "finalize", "--tokenizer", tok, "--workers", w))[0]
-            prints.add(json.load(open(os.path.join(out, "meta.json")))["fingerprint"])
-            chars, tokens = (sum(d["stats"][k] for d in done) for k in ("chars", "tokens"))
-            print(f"{label:>16s} {size / 1e6:8.0f} {len(done):6d} {w:8d} {wall:9.1f} {chars / wall / 1e6:10.3f} "
-                  f"{tokens / wall / 1e6:11.3f} {max(d['peak_rss_mb'] for d in done):15,.0f} {peak:13,.0f} {t_final:11.1f}")
-            shutil.rmtree(out)
-        if len(prints) != 1:
-            sys.exit(f"bench.py: error: {label}: the worker counts gave different datasets")
-
-
 def scaled_dataset(base, copies, args, root, files):
     """A real dataset of `copies` times the base corpus: the vocabulary step on the copied inputs (the
     base's tokenizer, validation capped at the base's size so that validation costs the same at
-    every size), each input file's shards and done record copied from the base's encoding of the
-    same file (byte for byte what the encode step writes for it: one file's output depends on that
-    file alone), then the real finalize step, which reads every shard and checks its sha256."""
+    every size), each slice's shards and done record copied from the base's encoding of the same
+    slice of the same file (byte for byte what the encode step writes for it: a slice's output
+    depends on that slice alone), then the real finalize step, which reads every shard and checks
+    its sha256."""
     out = os.path.join(root, f"x{copies}")
     if os.path.exists(os.path.join(out, "meta.json")):
         return out  # built, and checked by its finalize step, before
@@ -177,10 +225,12 @@ def scaled_dataset(base, copies, args, root, files):
     if plan["val_threshold"] != base_plan["val_threshold"]:
         sys.exit("bench.py: error: the copies would be split differently from the base corpus")
     base_dir = os.path.join(root, "inputs_1", "copy00000")
-    base_index = {os.path.relpath(s, base_dir): i for i, s in enumerate(base_plan["settings"]["sources"])}
-    for i, source in enumerate(plan["settings"]["sources"]):
+    base_file = {os.path.relpath(s, base_dir): i for i, s in enumerate(base_plan["settings"]["sources"])}
+    base_slice = {json.dumps(span, sort_keys=True): k for k, span in enumerate(base_plan["slices"])}
+    for i, span in enumerate(plan["slices"]):
+        source = plan["settings"]["sources"][span["file"]]
         rel = os.path.relpath(source, inputs).split(os.sep, 1)[1]  # below copyNNNNN/
-        j = base_index[rel]
+        j = base_slice[json.dumps({**span, "file": base_file[rel]}, sort_keys=True)]
         record = json.load(open(os.path.join(base, "shards", f"done-{j:06d}.json")))
         for split in ("train", "val"):
             for s in record["shards"][split]:
@@ -189,7 +239,7 @@ def scaled_dataset(base, copies, args, root, files):
                     shutil.copyfile(os.path.join(base, "shards", s["name"] + ext), os.path.join(out, "shards", name + ext))
                 s["name"] = name
         stat = os.stat(source)
-        record.update(input=source, input_size=stat.st_size, input_mtime_ns=stat.st_mtime_ns)
+        record.update(input=source, slice=span, input_size=stat.st_size, input_mtime_ns=stat.st_mtime_ns)
         with open(os.path.join(out, "shards", f"done-{i:06d}.json"), "w") as f:
             json.dump(record, f)
     run_measured(prepare_cmd(inputs, out, args, "--step", "finalize", *opts))
@@ -830,8 +880,11 @@ def main(argv=None):
                    help="gpu: torch.compile's backend for the compiled checks and rows (none: skip them)")
     p.add_argument("--input", nargs="+", help="prepare, startup: the corpus (files, directories or globs)")
     p.add_argument("--text_field", default="text", help="prepare, startup: prepare.py's --text_field")
-    p.add_argument("--scale_to", type=float, help="prepare: also the corpus repeated to at least this many bytes of text")
-    p.add_argument("--workers_list", default="1,2", help="prepare: worker counts of the encode step")
+    p.add_argument("--text_bytes", type=float, default=1e7, help="prepare: bytes of the corpus' text the parts are timed on")
+    p.add_argument("--scale_to", type=float, default=1e8, help="prepare: the big file, that text repeated to this many bytes")
+    p.add_argument("--slice_bytes", type=int, default=1 << 23,
+                   help="prepare: prepare.py's --slice_bytes for the big file (default 8 MiB: 12 slices of 100 MB)")
+    p.add_argument("--workers_list", default="1,2", help="prepare: worker counts of the encode step on the big file")
     p.add_argument("--sizes", default="1e7,1e8,2e9", help="startup: training tokens of the datasets (about)")
     p.add_argument("--bench_dir", default="data/bench", help="prepare, startup: where inputs and datasets are built")
     args = p.parse_args(argv)

@@ -4,17 +4,19 @@ Fine-tune a checkpoint on the CLUE benchmark under one protocol and print a resu
     python eval_clue.py --model_dir out --data_dir path/to/clue --tasks afqmc,tnews,cluewsc2020 --seeds 3
     python eval_clue.py --model_dir out --data_dir clue --tasks all --init random   # the no-pre-training baseline
     python eval_clue.py --model_dir out --data_dir clue --tasks simclue --save finetuned   # sentence embeddings
+    python eval_clue.py --model_dir out --data_dir clue --tasks chid --zero_shot_only   # the masked LM fills blanks
 
 data_dir holds the official layout (afqmc_public/, tnews_public/, iflytek_public/, ocnli_public/,
 cmnli_public/, cluewsc2020_public/, csl_public/, simclue_public/, c3_public/ {d,m}-{train,dev}.json
-or the C3 release's c3-{d,m}-{train,dev}.json, and CMRC2018 as cmrc2018_public/{train,dev}.json or
-cmrc2018_train.json / cmrc2018_dev.json). Classification tasks report dev accuracy next to the
-majority class, C3 (multiple choice; a batch counts questions) next to chance; CMRC2018 reports F1
-and EM with the official script's metric; SimCLUE reports the Spearman and Pearson correlation
-between the cosine similarity of the two sentence embeddings and the 0/1 label, next to the same
-score before fine-tuning. Every task runs with --seeds seeds (mean +- std and per-seed scores).
-Results go to <model_dir>/results_clue.json (or --out), rewritten after each task, and a markdown
-table on stdout.
+or the C3 release's c3-{d,m}-{train,dev}.json, CMRC2018 as cmrc2018_public/{train,dev}.json or
+cmrc2018_train.json / cmrc2018_dev.json, ChID as chid_public/{train,dev}.json in FewCLUE's or CLUE's
+layout). Classification tasks report dev accuracy next to the majority class, C3 and ChID (multiple
+choice; a batch counts questions or blanks) next to chance, and ChID also the masked LM's zero-shot
+accuracy next to chance and to the same model without the passage; CMRC2018 reports F1 and EM with
+the official script's metric; SimCLUE the Spearman and Pearson correlation between the cosine
+similarity of the two sentence embeddings and the 0/1 label, next to the same score before
+fine-tuning. Every task runs with --seeds seeds (mean +- std and per-seed scores). Results go to
+<model_dir>/results_clue.json (or --out), rewritten after each task, and a markdown table on stdout.
 """
 import math, os, random, time
 from dataclasses import dataclass
@@ -27,13 +29,14 @@ from tqdm import tqdm
 from cmbert import (CMBert, CMBertConfig, CMBertForMultipleChoice, CMBertForSequenceClassification, CMBertForSpans,
                     mean_pool)
 from support import runtime, settings
-from support.clue_data import (cmrc_em, cmrc_f1, find_tasks, pearson, read_c3, read_classification, read_cmrc,
+from support.clue_data import (BLANK, choice_answers, cmrc_em, cmrc_f1, find_tasks, label_order, nonempty,
+                               on_token_edges, pearson, read_c3, read_chid, read_classification, read_cmrc,
                                read_simclue_pairs, read_simclue_triples, spearman)
-from support.clue_results import aggregate, markdown_table, save_model
+from support.clue_results import aggregate, cut_notes, markdown_table, save_model, versus
 from support.errors import Refused, script
 from support.files import write_json
-from support.model_files import check_model_dir, check_tokenizer, read_config
-from support.tokens import CLS_ID, SEP_ID
+from support.model_files import read_config
+from support.tokens import CLS_ID, MASK_ID, SEP_ID
 
 # Per-task defaults from the CLUE baselines: files, task kind, epochs, lr, batch, length, seeds.
 # The two tasks whose scores move most between runs (CLUEWSC2020: 304 dev rows; CSL: a small,
@@ -58,6 +61,9 @@ TASKS = {
     "c3": dict(folder="c3_public", kind="choice", epochs=8, lr=2e-5, batch=24, max_len=512,
                files={role: name[3:] for role, name in C3_RELEASE.items()},
                alt=[("c3_public", C3_RELEASE), (".", C3_RELEASE)]),
+    # the idiom cloze: fine-tuned as multiple choice (a softmax over a blank's candidates), and answered
+    # zero-shot by the masked LM; CLUE's lr and epochs, length 128 (CLUE's 64 cuts most FewCLUE passages)
+    "chid": dict(folder="chid_public", kind="cloze", epochs=3, lr=2e-5, batch=24, max_len=128, seeds=3),
     # the retrieval probe: contrastive fine-tuning of mean-pooled sentence embeddings (SimCSE-style)
     "simclue": dict(folder="simclue_public", kind="retrieval", epochs=1, lr=3e-5, batch=64, max_len=64),
 }
@@ -77,12 +83,6 @@ def subsample(rows, args):
     that the seeds measure training noise only."""
     if args.max_train_samples and args.max_train_samples < len(rows):
         return random.Random(args.seed).sample(rows, args.max_train_samples)
-    return rows
-
-
-def nonempty(rows, path, what="rows"):
-    if not rows:
-        raise Refused(f"{path}: no {what}")
     return rows
 
 
@@ -133,6 +133,11 @@ def train_step(model, opt, sched, loss):
     opt.zero_grad(set_to_none=True)
 
 
+def dev_pass(batches, args, desc):
+    """The batches of a dev pass, behind a progress bar that closes when the pass ends."""
+    return tqdm(batches, desc=f"{desc} dev", unit="batch", leave=False, dynamic_ncols=True, disable=not args.progress)
+
+
 def fine_tune(model, batches, n_train, evaluate, hp, args, desc, score_before=False):
     """AdamW with linear warm-up (10%) and linear decay; evaluate after every epoch (and before the
     first when score_before). The running loss is read back every 50 steps, not every step."""
@@ -169,12 +174,6 @@ def fine_tune(model, batches, n_train, evaluate, hp, args, desc, score_before=Fa
 
 # ------------------------------------------------------------------------------------------
 # Classification (single sentences, pairs, CSL keywords, WSC spans): a label per row
-
-def label_order(labels):
-    """Numeric labels in numeric order ("100" < "116"), then the others alphabetically."""
-    numeric = lambda s: s.lstrip("-").isdigit()  # noqa: E731
-    return sorted(labels, key=lambda s: (not numeric(s), int(s) if numeric(s) else 0, s))
-
 
 def load_classification(task, paths, tok, args):
     hp, kind = task_settings(task, args), TASKS[task]["kind"]
@@ -215,7 +214,7 @@ def run_classification(task, data, model, hp, seed, args):
 
     def evaluate():
         pred = torch.empty(len(dev_x), dtype=torch.long, device=args.device)
-        for i in range(0, len(by_length), 64):
+        for i in dev_pass(range(0, len(by_length), 64), args, task):
             idx = by_length[i:i + 64]
             with args.autocast:
                 pred[torch.from_numpy(idx).to(args.device)] = model(*dev_x.batch(idx, args.device))[0].argmax(-1)
@@ -259,9 +258,8 @@ def question_rows(first, n, idx):
 
 
 def load_choice(task, paths, tok, args):
-    """C3's dialogue and mixed-genre files read together (CLUE reports one accuracy). Chance is the
-    expected accuracy of a uniform guess on the same dev questions: the share of each question's
-    choices that are its answer (1 / number of choices, unless a choice repeats the answer)."""
+    """C3's dialogue and mixed-genre files read together (CLUE reports one accuracy). Chance: the share
+    of each dev question's choices that are its answer (1 / number of choices, unless one repeats it)."""
     hp = task_settings(task, args)
     read = lambda split: nonempty(read_c3(paths[f"d-{split}"]) + read_c3(paths[f"m-{split}"]),  # noqa: E731
                                   f"{paths[f'd-{split}']} and {paths[f'm-{split}']}", "questions")
@@ -269,19 +267,14 @@ def load_choice(task, paths, tok, args):
     tok.no_truncation()  # choice_rows cuts (another task's loader may have left truncation on)
     train_x, train_first, train_n, cut_train, capped = choice_rows(tok, train, hp["max_len"])
     dev_x, dev_first, dev_n, cut_dev, capped_dev = choice_rows(tok, dev, hp["max_len"])
-    answer_text = lambda q: q["choices"][q["answer"]]  # noqa: E731
     shares = {split: (len(cut), len({q["passage_id"] for q in qs}))
               for split, cut, qs in (("dev", cut_dev, dev), ("train", cut_train, train))}
-    notes = f"passages cut to fit {hp['max_len']} tokens: " + ", ".join(
-        f"{c:,} of {total:,} {split} ({100 * c / total:.1f}%)" for split, (c, total) in shares.items())
+    notes = cut_notes("passages cut", hp["max_len"], shares)
     if capped + capped_dev:
         notes += f"; {capped + capped_dev:,} rows with a question or choice cut to {hp['max_len'] // 4} tokens"
     return dict(train_x=train_x, train_first=train_first, train_n=train_n,
                 answer=torch.tensor([q["answer"] for q in train]), dev_x=dev_x, dev_first=dev_first, dev_n=dev_n,
-                # a prediction is right when its text is the answer's (a repeated answer counts either way)
-                dev_right=torch.tensor([c == answer_text(q) for q in dev for c in q["choices"]]),
-                baseline=float(np.mean([q["choices"].count(answer_text(q)) / len(q["choices"]) for q in dev])),
-                n_train=len(train), n_dev=len(dev), notes=notes,
+                n_train=len(train), n_dev=len(dev), notes=notes, **choice_answers(dev),
                 report=dict(passages_cut={split: c / total for split, (c, total) in shares.items()}))
 
 
@@ -291,11 +284,11 @@ def longest(x, first):
 
 
 @torch.no_grad()
-def choice_accuracy(model, data, args):
+def choice_accuracy(model, data, args, desc="dev"):
     """Dev accuracy, 16 questions (~60 rows) at a time, shortest first."""
-    first, n, right = data["dev_first"], data["dev_n"], data["dev_right"].to(args.device)
+    first, n, right = data["dev_first"], data["dev_n"], torch.from_numpy(data["dev_right"]).to(args.device)
     by_length, hits = np.argsort(longest(data["dev_x"], first), kind="stable"), torch.zeros((), device=args.device)
-    for i in range(0, len(by_length), 16):
+    for i in dev_pass(range(0, len(by_length), 16), args, desc):
         idx = by_length[i:i + 16]
         rows, k = question_rows(first, n, idx)
         with args.autocast:
@@ -314,7 +307,110 @@ def run_choice(task, data, model, hp, seed, args):
                 yield model(*data["train_x"].batch(rows, args.device), labels=data["answer"][idx].to(args.device),
                             n_choices=k)[1]
 
-    return fine_tune(model, batches, len(n), lambda: choice_accuracy(model, data, args), hp, args, task)
+    return fine_tune(model, batches, len(n), lambda: choice_accuracy(model, data, args, task), hp, args, task)
+
+
+# ------------------------------------------------------------------------------------------
+# Cloze (ChID): a passage with a blank and candidate idioms. Fine-tuned with the multiple-choice
+# machinery above (a row per candidate, one softmax over a blank's candidates), and answered with no
+# fine-tuning at all by the masked LM, which scores each candidate in the blank.
+
+OTHER_BLANK = [MASK_ID] * 4  # another blank of the same passage: four masks (an idiom's four characters)
+                             # whatever its answer: it shows that an idiom stood there, not which
+
+
+def around_blank(left, right, room):
+    """The context kept around a blank, never cut itself: at most half of `room` tokens on each side,
+    and what one side does not use goes to the other. Returns (left, right, whether anything was cut)."""
+    a = min(len(left), max(room // 2, room - len(right)))
+    b = min(len(right), room - a)
+    return left[len(left) - a:], right[:b], a + b < len(left) + len(right)
+
+
+def cloze_rows(tok, items, max_len):
+    """[CLS] context candidate context [SEP]: each candidate written into the blank, in the same
+    context for all (cut around the blank to the room the longest candidate leaves). Returns (rows,
+    first row of each item, candidates per item, where each row's candidate starts and its number of
+    tokens, number of items whose context was cut)."""
+    def enc(texts):  # pieces between blanks encoded apart: no token spans a blank's edge
+        pieces = [t.split(BLANK) for t in texts]
+        ids = iter(e.ids for e in tok.encode_batch([p for ps in pieces for p in ps], add_special_tokens=False))
+        return [sum([OTHER_BLANK * (j > 0) + next(ids) for j in range(len(ps))], []) for ps in pieces]
+    cands = iter(enc([c for it in items for c in it["choices"]]))
+    rows, start, k, cut = [], [], [], 0
+    for it, left, right in zip(items, enc([it["left"] for it in items]), enc([it["right"] for it in items])):
+        cs = [next(cands) for _ in it["choices"]]
+        longest = max(map(len, cs))
+        if longest > max_len // 2:
+            raise Refused(f"{it['where']}: a candidate of {longest} tokens leaves too little room for the passage "
+                          f"in --max_len {max_len} (at most half of it)")
+        left, right, was_cut = around_blank(left, right, max_len - 2 - longest)
+        cut += was_cut
+        rows += [[CLS_ID] + left + c + right + [SEP_ID] for c in cs]
+        start, k = start + [1 + len(left)] * len(cs), k + [len(c) for c in cs]
+    n = np.array([len(it["choices"]) for it in items], dtype=np.int64)
+    return Padded(rows), np.cumsum(n) - n, n, np.array(start, dtype=np.int64), np.array(k, dtype=np.int64), cut
+
+
+def load_cloze(task, paths, tok, args):
+    """ChID in either layout (each blank an item), chance as for C3. --zero_shot_only reads no training file."""
+    hp = task_settings(task, args)
+    train = [] if args.zero_shot_only else subsample(nonempty(read_chid(paths["train"]), paths["train"], "blanks"), args)
+    dev = nonempty(read_chid(paths["dev"]), paths["dev"], "blanks")
+    tok.no_truncation()  # cloze_rows cuts
+    train_x, train_first, train_n, _, _, cut_train = cloze_rows(tok, train, hp["max_len"])
+    dev_x, dev_first, dev_n, dev_start, dev_k, cut_dev = cloze_rows(tok, dev, hp["max_len"])
+    shares = {"dev": (cut_dev, len(dev))} | ({"train": (cut_train, len(train))} if train else {})
+    return dict(train_x=train_x, train_first=train_first, train_n=train_n, answer=torch.tensor([it["answer"] for it in train]),
+                dev_x=dev_x, dev_first=dev_first, dev_n=dev_n, dev_start=dev_start, dev_k=dev_k, n_train=len(train),
+                n_dev=len(dev), report=dict(contexts_cut={split: c for split, (c, _) in shares.items()}),
+                notes=cut_notes("contexts cut around the blank", hp["max_len"], shares), **choice_answers(dev))
+
+
+@torch.no_grad()
+def candidate_logprob(mlm, rows, start, k, whole_word, args, desc):
+    """The masked LM's log-probability of each row's candidate tokens, summed per row: all of them
+    masked at once (whole_word, as pre-training masked whole words), or each in turn with the others
+    visible (the pseudo-log-likelihood). A query is (row, first masked position, positions masked).
+    Queries share a batch only with queries of the same length: nothing is padded, so a score
+    cannot depend on what else is in its batch."""
+    if whole_word:
+        q_row, q_pos, q_n = np.arange(len(start)), start, k
+    else:
+        q_row = np.repeat(np.arange(len(start)), k)
+        q_pos, q_n = start[q_row] + np.arange(len(q_row)) - np.repeat(np.cumsum(k) - k, k), np.ones_like(q_row)
+    lengths, total = rows.lengths[q_row], np.zeros(len(start))
+    batches = [same[i:i + 64] for T in np.unique(lengths) for same in [np.flatnonzero(lengths == T)]
+               for i in range(0, len(same), 64)]
+    for b in dev_pass(batches, args, desc):
+        ids = rows.ids[q_row[b], :lengths[b[0]]].astype(np.int64)
+        masked = (np.arange(ids.shape[1]) >= q_pos[b, None]) & (np.arange(ids.shape[1]) < (q_pos + q_n)[b, None])
+        labels = torch.from_numpy(np.where(masked, ids, -100)).to(args.device)
+        ids[masked] = MASK_ID
+        with args.autocast:  # the head runs on the masked positions only, in row-major order
+            logits = mlm(torch.from_numpy(ids).to(args.device), labels=labels)[0]
+        logp = logits.float().log_softmax(-1).gather(-1, labels[labels != -100][:, None])[:, 0]
+        np.add.at(total, np.repeat(q_row[b], masked.sum(1)), logp.cpu().double().numpy())
+    return total
+
+
+def zero_shot_cloze(task, data, args):
+    """ChID answered by the masked LM, no fine-tuning: the candidate whose tokens get the best mean
+    log-probability in the blank (ChID's idioms all have four characters; how many tokens one becomes
+    is the vocabulary's doing), and by the sum too. Beside it, the same with the passage removed
+    ([CLS] candidate [SEP]): what the model thinks of the idiom alone, so the margin is the context's."""
+    torch.manual_seed(args.seed)  # --init random: one random draw, fixed by --seed
+    mlm = CMBert(read_config(args.model_dir, CMBertConfig)) if args.init == "random" else CMBert.from_pretrained(args.model_dir)
+    mlm = mlm.to(args.device).eval()
+    x, start, k, first, n = (data[key] for key in ("dev_x", "dev_start", "dev_k", "dev_first", "dev_n"))
+    alone = Padded([[CLS_ID, *x.ids[r, s:s + m], SEP_ID] for r, (s, m) in enumerate(zip(start, k))])
+    whole = args.mlm_scoring == "word"
+    in_context = candidate_logprob(mlm, x, start, k, whole, args, f"{task} zero-shot")
+    no_context = candidate_logprob(mlm, alone, np.ones_like(start), k, whole, args, f"{task} no context")
+    right = data["dev_right"]
+    hits = lambda score: [right[f + np.argmax(score[f:f + m])] for f, m in zip(first, n)]  # noqa: E731
+    return dict(scoring=args.mlm_scoring, items=len(n), chance=data["baseline"], contexts_cut=data["report"]["contexts_cut"]["dev"],
+                mean=versus(hits(in_context / k), hits(no_context / k)), sum=versus(hits(in_context), hits(no_context)))
 
 
 # ------------------------------------------------------------------------------------------
@@ -344,14 +440,6 @@ def cmrc_windows(tok, ex, max_len, stride, max_question=64):
         if w0 + room >= len(ctx.ids):
             break
     return windows
-
-
-def on_token_edges(tok, ex):
-    """Whether some reference answer starts and ends on token edges of the context: if none does,
-    no predicted token span can match it exactly, which caps EM below 100."""
-    offsets = tok.encode(ex["context"], add_special_tokens=False).offsets
-    starts, ends = {s for s, _ in offsets}, {e for _, e in offsets}
-    return any(s in starts and s + len(a) in ends for a, s in ex["answers"])
 
 
 def best_span(start_logits, end_logits, window, max_answer=30):
@@ -402,7 +490,7 @@ def run_spans(task, data, model, hp, seed, args):
 
     def evaluate():
         best = [(-math.inf, 0, 0)] * len(dev)
-        for i in range(0, len(flat), 32):
+        for i in dev_pass(range(0, len(flat), 32), args, task):
             idx = np.arange(i, min(i + 32, len(flat)))
             with args.autocast:
                 start, end = (t.cpu() for t in model(*dev_x.batch(idx, args.device)))
@@ -473,7 +561,7 @@ def run_retrieval(task, data, model, hp, seed, args):
 
     def evaluate():
         cos = []
-        for i in range(0, len(data["dev_y"]), 128):
+        for i in dev_pass(range(0, len(data["dev_y"]), 128), args, task):
             idx = np.arange(i, min(i + 128, len(data["dev_y"])))
             with args.autocast:
                 a = embed(encoder, *data["dev_a"].batch(idx, args.device))
@@ -496,11 +584,13 @@ class Kind:
     metric: str             # what the scores are, first (and second) of each tuple
     baseline: str = "majority class"  # what the baseline is (the table's words for it)
     before: bool = False    # the baseline is the score before fine-tuning (else data["baseline"])
+    zero_shot: callable = None  # (task, data, args) -> the task answered with no fine-tuning, its baselines
 
 
 CLASSIFY = Kind(load_classification, run_classification, CMBertForSequenceClassification, "acc")
 KINDS = {"single": CLASSIFY, "pair": CLASSIFY, "csl": CLASSIFY, "wsc": CLASSIFY,
          "choice": Kind(load_choice, run_choice, CMBertForMultipleChoice, "acc", "chance"),
+         "cloze": Kind(load_cloze, run_choice, CMBertForMultipleChoice, "acc", "chance", zero_shot=zero_shot_cloze),
          "span": Kind(load_spans, run_spans, CMBertForSpans, "F1 / EM", None),
          "retrieval": Kind(load_retrieval, run_retrieval, CMBert, "Spearman / Pearson", "before fine-tuning",
                            before=True)}
@@ -522,6 +612,9 @@ def build_model(task, data, args):
 
 def run_task(task, data, args, tok_path):
     hp, kind = task_settings(task, args), KINDS[TASKS[task]["kind"]]
+    zero_shot = dict(zero_shot=kind.zero_shot(task, data, args)) if kind.zero_shot else {}
+    if args.zero_shot_only:
+        return dict(zero_shot, n_dev=data["n_dev"], settings=hp)
     per_seed = []
     for seed in range(args.seed, args.seed + hp["seeds"]):
         torch.manual_seed(seed)
@@ -541,7 +634,7 @@ def run_task(task, data, args, tok_path):
     out = aggregate(per_seed, kind.metric)
     out["baseline"] = per_seed[0]["before"] if kind.before else data["baseline"]  # the same for every seed
     out.update(baseline_name=kind.baseline, n_train=data["n_train"], n_dev=data["n_dev"], notes=data["notes"],
-               settings=hp, **data.get("report", {}))  # what the task's loader measured besides the notes
+               settings=hp, **data.get("report", {}), **zero_shot)  # what the loader measured besides the notes
     return out
 
 
@@ -553,22 +646,10 @@ def parse_args(argv):
 
 
 def check_settings(tasks, args):
-    """The model folder is whole and every task's length fits it (and its stride), the output
-    folders can be written, and the tokenizer is the model's own."""
+    """The model folder, each task's length (and CMRC2018's stride), the output folders and the
+    tokenizer, checked before any work (settings.check_eval)."""
     lengths = {task: task_settings(task, args)["max_len"] for task in tasks}
-    cfg = check_model_dir(args.model_dir, CMBertConfig, args.init == "pretrained", lengths)
-    for task, max_len in lengths.items():
-        if TASKS[task]["kind"] == "span" and args.doc_stride > max_len // 2:
-            raise Refused(f"--doc_stride {args.doc_stride}: must be in [1, {max_len // 2}] (half of the "
-                          f"{task} length {max_len}), else windows skip context")
-    try:
-        os.makedirs(args.save, exist_ok=True) if args.save else None
-    except OSError as e:
-        raise Refused(f"--save {args.save}: {e.strerror}")
-    for folder in [os.path.dirname(os.path.abspath(args.out))] + ([args.save] if args.save else []):
-        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            raise Refused(f"{folder}: not a writable directory")
-    return check_tokenizer(args.model_dir, cfg, args.tokenizer)
+    return settings.check_eval(args, lengths, [t for t in tasks if TASKS[t]["kind"] == "span"], CMBertConfig)
 
 
 @script("eval_clue.py")
@@ -578,7 +659,8 @@ def main(argv=None):
     args.dtype = runtime.resolve_dtype(args.device, args.dtype)
     args.autocast = runtime.autocast(args.device, args.dtype)
     args.out = args.out or os.path.join(args.model_dir, "results_clue.json")
-    tasks, paths = find_tasks(TASKS, args)
+    tasks, paths = find_tasks(TASKS, args, only=[t for t in TASKS if KINDS[TASKS[t]["kind"]].zero_shot]
+                              if args.zero_shot_only else None)
     tok, tok_path = check_settings(tasks, args)
     data = {task: KINDS[TASKS[task]["kind"]].load(task, paths[task], tok, args) for task in tasks}  # all, before any training
     results = {}

@@ -6,29 +6,32 @@ Prepare a Chinese corpus for pre-training: a 32k BPE vocabulary, token ids, and 
 
 Three steps, each of which scales; `python prepare.py` runs all three on this machine:
   vocab     once: the validation share, and a vocabulary trained on a bounded, deterministic sample;
-  encode    each input file end to end, on its own: read and normalise its documents, drop exact
-            duplicates, send each document to train or validation by a hash of its text, segment it
-            into words (jieba), encode it (BPE) and align the two, so that each token carries one
-            flag: 1 if it begins a whole-word unit, 0 if it continues one. Machine --rank r of --world
-            N encodes files r, r + N, ...; a finished file is skipped when the step runs again;
-  finalize  once: check every shard, then write the manifest (meta.json) in input-file order.
+  encode    each slice of an input file (a file of at most --slice_bytes is one slice) on its own, in
+            one pass: read and normalise its documents, drop exact duplicates, send each document to
+            train or validation by a hash of its text, segment it into words (jieba), encode it (BPE)
+            and align the two, so that each token carries one flag: 1 if it begins a whole-word unit,
+            0 if it continues one. Machine --rank r of --world N encodes slices r, r + N, ...; a
+            finished slice is skipped when the step runs again;
+  finalize  once: check every shard, then write the manifest (meta.json) in input order.
 Training never runs a tokenizer or a segmenter again. The files are described in dataset.py;
 docs/method.md §1-2 explains the method, docs/data.md the recipe for many machines.
 """
-import hashlib, json, os, time, unicodedata
+import hashlib, itertools, json, os, time, unicodedata
 
 import numpy as np
 from tqdm import tqdm
 
 from support import corpus, dataset, settings
 from support.errors import Refused, in_worker, script
-from support.tokens import CLS_ID, MASK_ID, N_BYTE_TOKENS, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, check_fits, load_tokenizer
+from support.tokens import (CLS_ID, MASK_ID, N_BYTE_TOKENS, PAD_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, char_lengths, check_fits,
+                            load_tokenizer, token_spans)
 
 MIN_VAL_CHARS = 16384  # "at least a few thousand tokens" of validation, even for small corpora
 READ_BYTES = 1 << 20   # a text line longer than this is read in parts
 PIECE_CHARS = 1 << 16  # documents longer than this flow through the pipeline in pieces of at most this
 CUT_AFTER = "。！？；，、!?;,"  # pieces are cut after one of these (a hard cut only if there is none)
 PEOPLES_DAILY_DOC_CHARS = 16384  # the default corpus' news text: documents of >= 16k characters (~9k tokens)
+IDENTITY_CHARS = 1 << 20  # a document is known by its first 2^20 (~a million) characters: its hash, its copies
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,15 +67,16 @@ def peoples_daily(lines):
         yield "", True
 
 
-def normalized_documents(files, fields, encoding, doc_format="line", nfkc=True, readers=None):
+def normalized_documents(files, fields, encoding, doc_format="line", nfkc=True, readers=None, span=None):
     """The document stream, normalised and cut into pieces: yield (piece, last) where the pieces of
     one document, in order, concatenate to it. NFKC (full-width -> half-width), then strip: no
     document begins or ends with whitespace, and empty documents are dropped. Segmenter and
-    tokenizer then see the same string, so the tokenizer's character offsets index jieba's words.
+    tokenizer then see the same string, so the tokens' character spans index jieba's words.
     A document longer than PIECE_CHARS is cut after a punctuation mark (where neither jieba nor the
-    BPE pre-tokenizer ever joins characters), so no later step holds a long document whole."""
+    BPE pre-tokenizer ever joins characters), so no later step holds a long document whole. `span`
+    reads one slice of a file (corpus.plan_slices)."""
     buf, started = "", False
-    for part, last in corpus.read_documents(files, fields, encoding, doc_format, READ_BYTES, readers):
+    for part, last in corpus.read_documents(files, fields, encoding, doc_format, READ_BYTES, readers, span):
         if nfkc:
             part = unicodedata.normalize("NFKC", part)
         buf = buf + part if started else buf + part.lstrip()
@@ -96,20 +100,41 @@ def normalized_documents(files, fields, encoding, doc_format="line", nfkc=True, 
 # ----------------------------------------------------------------------------------------------
 # Which documents: exact duplicates and the split, decided from each document's text alone
 
-def hashed(stream, hold=0):
-    """The documents of a piece stream as (128-bit hash of the normalised text, characters, pieces; the
-    pieces only for a document of at most `hold` characters, else None): 16 bytes, never the text."""
-    h, n, pieces = hashlib.blake2b(digest_size=16), 0, []
+def tagged(stream):
+    """The piece stream with each piece's document identity: (piece, last, 128-bit hash of the
+    document's normalised text, of its first IDENTITY_CHARS characters if longer). A document's
+    pieces are held until its hash is known (at its end, or after IDENTITY_CHARS characters: a
+    longer document then flows on): one pass, and never more than that held."""
+    held, h, n, digest = [], hashlib.blake2b(digest_size=16), 0, None
     for piece, last in stream:
-        h.update(piece.encode("utf-8"))
+        if digest is None:
+            held.append((piece, last))
+            part = piece[:IDENTITY_CHARS - n]
+            h.update(part.encode("utf-8"))
+            n += len(part)
+            if last or n == IDENTITY_CHARS:
+                digest = h.digest()
+                yield from ((p, end, digest) for p, end in held)
+                held = []
+        else:
+            yield piece, last, digest
+        if last:
+            h, n, digest = hashlib.blake2b(digest_size=16), 0, None
+
+
+def hashed(stream, hold=0):
+    """The documents of a piece stream as (hash, characters, pieces; the pieces only for a document of
+    at most `hold` characters, else None): 16 bytes, never the text."""
+    n, pieces = 0, []
+    for piece, last, digest in tagged(stream):
         n += len(piece)
         if pieces is not None and n <= hold:
             pieces.append(piece)
         else:
             pieces = None
         if last:
-            yield h.digest(), n, pieces
-            h, n, pieces = hashlib.blake2b(digest_size=16), 0, []
+            yield digest, n, pieces
+            n, pieces = 0, []
 
 
 def share(digest, k):
@@ -137,16 +162,24 @@ def val_threshold(files, stream, val_fraction):
     return min(0.25, max(val_fraction, MIN_VAL_CHARS / chars))
 
 
-def route_documents(stream, threshold, keep_duplicates):
-    """Pass 1 over one input file: where each of its documents goes, 0 = dropped (an exact copy of an
-    earlier document of this file; a third of the default corpus is repeated reviews and
-    boilerplate), 1 = train, 2 = validation. Returns the routes and the number of copies."""
-    seen, route = set(), bytearray()
-    for digest, _, _ in hashed(stream):
-        first = digest not in seen
-        seen.add(digest)
-        route.append(0 if not (first or keep_duplicates) else 2 if share(digest, 0) < threshold else 1)
-    return route, len(route) - len(seen)
+def routed(stream, threshold, keep_duplicates, stats):
+    """Where each document of one slice goes, decided as it is read: dropped (an exact copy of an
+    earlier document of the slice; a third of the default corpus is repeated reviews and
+    boilerplate), validation, or train. Yields the pieces of kept documents as (piece, opens its
+    document, closes it, goes to validation); counts the documents in `stats`."""
+    seen, opening = set(), True
+    for piece, last, digest in tagged(stream):
+        if opening:
+            copy = digest in seen
+            seen.add(digest)
+            kept, val = keep_duplicates or not copy, share(digest, 0) < threshold
+            stats["documents_read"] += 1
+            if copy:
+                stats["duplicates_kept" if kept else "duplicates_removed"] += 1
+            stats["val_documents" if val else "train_documents"] += kept
+        if kept:
+            yield piece, opening, last, val
+        opening = last
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,13 +258,19 @@ def init_worker(tokenizer_json, segmenter):
     spec = json.loads(tokenizer_json)
     spec["added_tokens"] = []
     _worker["tok"] = Tokenizer.from_str(json.dumps(spec))
-    if segmenter == "rjieba":
+    _worker["lengths"] = char_lengths(spec)
+    _worker["cut"] = segmenter_of(segmenter)
+
+
+def segmenter_of(name):
+    """The word segmenter: jieba's precise mode with its HMM for unknown words; "rjieba" is the same
+    dictionary and algorithm in Rust. Text in, the list of its words out (they tile the text)."""
+    if name == "rjieba":
         import rjieba
-        _worker["cut"] = lambda s: rjieba.cut(s, True)
-    else:
-        import jieba
-        jieba.setLogLevel(60)
-        _worker["cut"] = lambda s: jieba.lcut(s, HMM=True)
+        return lambda s: rjieba.cut(s, True)
+    import jieba
+    jieba.setLogLevel(60)
+    return lambda s: jieba.lcut(s, HMM=True)
 
 
 WHITESPACE = np.array([9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 0x85, 0x1680, 0x2028, 0x2029], np.uint32)
@@ -241,35 +280,30 @@ def encode_chunk(texts, opens, closes):
     """Encode pieces of documents with unit flags; a piece that opens a document gets [CLS] in front,
     one that closes it [SEP] behind (a short document is one piece that does both). Returns
     (ids, flags, piece lengths, stats)."""
-    tok, cut = _worker["tok"], _worker["cut"]
-    encs = tok.encode_batch(texts, add_special_tokens=False)
-    ids, begins, cross, n_tok = align(texts, encs, [cut(t) for t in texts])
+    ids, n_tok, s, e = token_spans(_worker["tok"], _worker["lengths"], texts)
+    begins, cross = align(texts, s, e, n_tok, [_worker["cut"](t) for t in texts])
     out_ids, out_flags, lengths = lay_out(ids, begins, n_tok, opens, closes)
     stats = dict(tokens=len(ids), cross=int(cross.sum()), chars=sum(map(len, texts)), units=int(begins.sum()),
                  unk=int((ids == UNK_ID).sum()))
     return out_ids, out_flags, lengths, stats
 
 
-def align(texts, encs, words):
-    """Which tokens begin a whole-word unit, and which cross a word boundary. The alignment runs
-    once over the whole chunk: texts, jieba words and token offsets are laid end to end in one
-    character coordinate system, so numpy does the work, not a loop per document.
+def align(texts, s, e, n_tok, words):
+    """Which tokens begin a whole-word unit, and which cross a word boundary, from the tokens' spans
+    [s, e) (token_spans). The alignment runs once over the whole chunk: texts, jieba words and
+    tokens are laid end to end in one character coordinate system, so numpy does the work, not a
+    loop per document.
 
     In plain words: jieba cut the text into words, BPE cut it into tokens; both cuts are lists of
     character spans. A token begins a masking unit iff a jieba word begins at its first character.
     Example: jieba 我们|一起|去, BPE 我|们一|起|去 -> 我 begins a unit, 们一 and 起 do not (no word
     begins at 们 or 起), 去 does: the units are 我们一起 and 去. A crossing token glues words, never
     splits one (docs/method.md §2)."""
-    word_lens, ids, offsets, n_tok = [], [], [], []
-    for enc, ws in zip(encs, words):
-        word_lens.extend(map(len, ws))
-        ids.extend(enc.ids)
-        offsets.extend(enc.offsets)
-        n_tok.append(len(enc.ids))
     doc_chars = np.fromiter(map(len, texts), np.int64, len(texts))
-    doc_start = np.concatenate(([0], np.cumsum(doc_chars)[:-1]))
+    doc_start = np.cumsum(doc_chars) - doc_chars
     n_chars = int(doc_chars.sum())
-    if sum(word_lens) != n_chars:
+    word_lens = np.fromiter(map(len, itertools.chain.from_iterable(words)), np.int64)
+    if word_lens.sum() != n_chars:
         raise Refused("the segmenter's words do not cover the text exactly")
     chars = np.frombuffer("".join(texts).encode("utf-32-le"), np.uint32)
 
@@ -277,23 +311,19 @@ def align(texts, encs, words):
     # cumulative lengths. A whitespace run is glued to the word after it, as in the tokenizer,
     # whose "▁word" pieces begin on the space.
     starts = np.zeros(n_chars + 1, bool)  # +1: a sentinel, so starts[end] is always valid
-    starts[np.cumsum([0] + word_lens[:-1])] = True
+    starts[np.cumsum(word_lens) - word_lens] = True
     starts[1:n_chars][np.isin(chars[:-1], WHITESPACE)] = False
     starts[doc_start] = True
 
-    n_tok = np.asarray(n_tok, np.int64)
-    ids = np.asarray(ids, np.int64).reshape(-1)
-    off = np.asarray(offsets, np.int64).reshape(-1, 2) + np.repeat(doc_start, n_tok)[:, None]
-    s, e = off[:, 0], off[:, 1]
-    first = np.zeros(len(ids), bool)  # every piece's first token begins a unit
+    first = np.zeros(len(s), bool)  # every piece's first token begins a unit
     first[(np.cumsum(n_tok) - n_tok)[n_tok > 0]] = True
-    # Byte-fallback pieces of one character share its offsets: only the first may begin a unit.
+    # Byte-fallback pieces of one character share its span: only the first may begin a unit.
     prev_end = np.concatenate(([0], e[:-1]))
     begins = (starts[s] & (s >= prev_end)) | first
     # A token crosses a word boundary iff a word starts strictly inside it, in (s, e).
     csum = np.cumsum(starts)
     cross = (csum[np.maximum(e - 1, s)] - csum[s]) > 0
-    return ids, begins, cross, n_tok
+    return begins, cross
 
 
 def lay_out(ids, begins, n_tok, opens, closes):
@@ -312,17 +342,14 @@ def lay_out(ids, begins, n_tok, opens, closes):
 
 
 # ----------------------------------------------------------------------------------------------
-# Encoding one input file, end to end, in one process
+# Encoding one slice of an input file, in one pass, in one process
 
-def chunks(stream, route, max_chars):
-    """Group the pieces of kept documents into work items of about max_chars characters:
-    lists of (document index, piece, opens the document, closes it)."""
-    batch, size, doc, opening = [], 0, 0, True
-    for piece, last in stream:
-        if route[doc]:
-            batch.append((doc, piece, opening, last))
-            size += len(piece)
-        doc, opening = doc + last, last
+def chunks(pieces, max_chars):
+    """Group the pieces of kept documents (routed's) into work items of about max_chars characters."""
+    batch, size = [], 0
+    for item in pieces:
+        batch.append(item)
+        size += len(item[0])
         if size >= max_chars:
             yield batch
             batch, size = [], 0
@@ -331,39 +358,34 @@ def chunks(stream, route, max_chars):
 
 
 @in_worker
-def encode_file(job):
-    """Everything for one input file: pass 1 routes its documents, pass 2 segments, encodes and aligns
-    them chunk by chunk and writes them to the file's own shards; its done record comes last, so a
-    file that has one is finished. Memory holds one chunk and the hashes of one file's documents."""
-    index, path, reader, cfg = job
+def encode_slice(job):
+    """Everything for one slice: its documents read once, routed, then segmented, encoded and aligned
+    chunk by chunk and written to the slice's own shards; its done record comes last, so a slice that
+    has one is finished. Memory holds one chunk, one document's first IDENTITY_CHARS characters and
+    the hashes of the slice's documents, whatever the size of the file."""
+    index, path, span, reader, cfg = job
     t0, stat = time.time(), os.stat(path)
-
-    def stream():
-        return normalized_documents([path], cfg["text_field"], cfg["encoding"], cfg["doc_format"],
-                                    readers={path: reader} if reader else None)
-    route, copies = route_documents(stream(), cfg["val_threshold"], cfg["keep_duplicates"])
-    stats = dict(documents_read=len(route), duplicates_removed=route.count(0), train_documents=route.count(1),
-                 duplicates_kept=copies if cfg["keep_duplicates"] else 0, val_documents=route.count(2),
+    stream = normalized_documents([path], cfg["text_field"], cfg["encoding"], cfg["doc_format"],
+                                  readers={path: reader} if reader else None, span=span)
+    stats = dict(documents_read=0, duplicates_removed=0, train_documents=0, duplicates_kept=0, val_documents=0,
                  tokens=0, cross=0, chars=0, units=0, unk=0)
-    with dataset.FileWriter(cfg["out_dir"], index, cfg["shard_tokens"], cfg["vocab_size"]) as out:
-        for batch in chunks(stream(), route, cfg["chunk_chars"]):
-            ids, flags, lengths, chunk_stats = encode_chunk([t for _, t, _, _ in batch], [o for _, _, o, _ in batch],
-                                                            [c for _, _, _, c in batch])
+    with dataset.SliceWriter(cfg["out_dir"], index, cfg["shard_tokens"], cfg["vocab_size"]) as out:
+        for batch in chunks(routed(stream, cfg["val_threshold"], cfg["keep_duplicates"], stats), cfg["chunk_chars"]):
+            texts, opens, closes, val = zip(*batch)
+            ids, flags, lengths, chunk_stats = encode_chunk(texts, opens, closes)
             for k, v in chunk_stats.items():
                 stats[k] += v
-            bounds = np.concatenate(([0], np.cumsum(lengths))).tolist()
-            for p, (doc, _, _, last) in enumerate(batch):
-                out.write("val" if route[doc] == 2 else "train", ids[bounds[p]:bounds[p + 1]],
-                          flags[bounds[p]:bounds[p + 1]], last)
-        return out.finish(path, stat, cfg["tokenizer_sha256"], stats, time.time() - t0)
+            out.write(ids, flags, lengths, val, closes)
+        return out.finish(path, span, stat, cfg["tokenizer_sha256"], stats, time.time() - t0)
 
 
 # ----------------------------------------------------------------------------------------------
 # The three steps
 
 def step_vocab(args, files, readers, config):
-    """Once: the validation threshold and the tokenizer (trained, or the one --tokenizer names), into
-    tokenizer.json and plan.json. Skipped when the directory holds this dataset's plan already."""
+    """Once: the validation threshold, the tokenizer (trained, or the one --tokenizer names) and the
+    slices of the input files, into tokenizer.json and plan.json. Skipped when the directory holds
+    this dataset's plan already."""
     plan = dataset.check_out_dir(args.out_dir, config, args.overwrite)
     if plan:
         return plan
@@ -381,52 +403,42 @@ def step_vocab(args, files, readers, config):
     check_fits(tok, "the tokenizer", args.vocab_size, owner="the dataset")
     return dataset.write_plan(args.out_dir, tok.to_str(pretty=True), dict(
         format_version=dataset.FORMAT_VERSION, settings=config, val_threshold=threshold,
-        tokenizer_size=tok.get_vocab_size(), seconds_vocab=round(time.time() - t0, 2)))
+        tokenizer_size=tok.get_vocab_size(), seconds_vocab=round(time.time() - t0, 2),
+        slices=corpus.plan_slices(files, args.slice_bytes, args.encoding, readers)))
 
 
 def step_encode(args, files, readers, plan):
-    """This machine's input files (every --world-th from --rank on), each end to end in one of --workers
-    processes, largest first; finished files are skipped, so a killed job re-run resumes. A file's
-    output depends on that file alone, never on who encoded it."""
-    mine = range(args.rank, len(files), args.world)
-    todo = [i for i in mine if not dataset.finished(args.out_dir, i, files[i], plan["tokenizer_sha256"])]
+    """This machine's slices (every --world-th from --rank on), each in one of --workers processes,
+    largest first; finished slices are skipped, so a killed job re-run resumes. A slice's output
+    depends on that slice alone, never on who encoded it."""
+    slices = plan["slices"]
+    mine = range(args.rank, len(slices), args.world)
+    todo = [k for k in mine if not dataset.finished(args.out_dir, k, files[slices[k]["file"]], slices[k],
+                                                    plan["tokenizer_sha256"])]
     if todo:
         dataset.invalidate(args.out_dir)  # the manifest no longer describes the shards
     cfg = dict(out_dir=args.out_dir, val_threshold=plan["val_threshold"], tokenizer_sha256=plan["tokenizer_sha256"],
                **{k: plan["settings"][k] for k in ("text_field", "encoding", "doc_format", "keep_duplicates",
                                                    "shard_tokens", "vocab_size")}, chunk_chars=args.chunk_chars)
-    jobs = [(i, files[i], readers.get(files[i]), cfg) for i in sorted(todo, key=lambda i: -os.path.getsize(files[i]))]
+    jobs = [(k, files[slices[k]["file"]], slices[k], readers.get(files[slices[k]["file"]]), cfg)
+            for k in sorted(todo, key=lambda k: -slices[k]["size"])]
     with open(os.path.join(args.out_dir, "tokenizer.json"), encoding="utf-8") as f:
         tok_json = f.read()
-    bar = tqdm(total=len(jobs), desc=f"encode (rank {args.rank} of {args.world})", unit=" files", disable=args.quiet)
-    if args.workers == 1 or len(jobs) <= 1:
-        init_worker(tok_json, args.segmenter)
-        for job in jobs:
-            encode_file(job)
-            bar.update(1)
-    else:
-        import multiprocessing as mp
-        # Fork is cheap; it is safe after the BPE trainer's Rust threads once the children are told not
-        # to use them (that is what TOKENIZERS_PARALLELISM=false means to `tokenizers`).
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        try:
-            with ctx.Pool(min(args.workers, len(jobs)), init_worker, (tok_json, args.segmenter)) as pool:
-                for _ in pool.imap_unordered(encode_file, jobs):
-                    bar.update(1)
-        except BaseException:  # the pool stopped the other workers mid-file: remove what they left
-            dataset.remove_temps(args.out_dir, set(todo))
-            raise
+    bar = tqdm(total=len(jobs), desc=f"encode (rank {args.rank} of {args.world})", unit=" slices", disable=args.quiet)
+    # Workers are forked: cheap, and safe after the BPE trainer's Rust threads once the children are
+    # told not to use them (that is what TOKENIZERS_PARALLELISM=false means to `tokenizers`).
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    dataset.run_jobs(encode_slice, jobs, args.workers, init_worker, (tok_json, args.segmenter), args.out_dir, bar.update)
     bar.close()
     if not args.quiet:
-        print(f"rank {args.rank} of {args.world}: encoded {len(todo)} of its {len(mine)} input files "
+        print(f"rank {args.rank} of {args.world}: encoded {len(todo)} of its {len(mine)} slices "
               f"({len(mine) - len(todo)} were finished already)")
 
 
 def cap_validation(records, max_tokens):
-    """Validation keeps the validation documents of whole input files, taken in an order spread over
-    the corpus (by a hash of the file's position), until --max_val_tokens is reached. The rest is set
-    aside, in neither split: an exact copy of a set-aside document in another file may be validation."""
+    """Validation keeps the validation documents of whole slices, taken in an order spread over the
+    corpus (by a hash of the slice's position), until --max_val_tokens is reached. The rest is set
+    aside, in neither split: an exact copy of a set-aside document in another slice may be validation."""
     order = sorted(range(len(records)), key=lambda i: hashlib.sha256(str(i).encode()).digest())
     kept, total = set(), 0
     for i in order:
@@ -439,8 +451,10 @@ def cap_validation(records, max_tokens):
 
 def step_finalize(args, files, plan):
     """Once, after every encode: check every shard (dataset.collect), then write the manifest, the
-    shards in input-file order, so that it does not depend on which machine finished first."""
-    records, counts = dataset.collect(args.out_dir, files, plan["tokenizer_sha256"], args.vocab_size, args.workers)
+    shards in input order (file after file, each file's slices in order), so that it does not depend
+    on which machine finished first."""
+    records, counts = dataset.collect(args.out_dir, files, plan["slices"], plan["tokenizer_sha256"], args.vocab_size,
+                                      args.workers)
     return dataset.write_manifest(args.out_dir, records, counts, cap_validation(records, args.max_val_tokens), plan, dict(
         special_tokens={t: i for i, t in enumerate(SPECIAL_TOKENS)},
         pad_id=PAD_ID, unk_id=UNK_ID, cls_id=CLS_ID, sep_id=SEP_ID, mask_id=MASK_ID,

@@ -1,8 +1,8 @@
 """
 CLUE's files and metrics: the parts of evaluation that are defined by the benchmark, not by us.
 eval_clue.py fine-tunes and scores; this module finds each task's files (the official layout or a
-release's), reads the official JSON-lines, SQuAD-style and C3 files (every row checked, a bad one
-named by file and line or item), computes CMRC2018's EM and F1
+release's), reads the official JSON-lines, SQuAD-style, C3 and ChID files (every row checked, a bad
+one named by file and line or item), computes CMRC2018's EM and F1
 exactly as its official evaluation script does, and the correlations SimCLUE is scored by.
 """
 import json, math, os, re
@@ -32,9 +32,10 @@ def task_files(tasks, task, data_dir, override=None):
     return paths
 
 
-def find_tasks(tasks, args):
+def find_tasks(tasks, args, only=None):
     """The tasks that --tasks names (or, for "all", every task whose files are in --data_dir; --path
-    TASK=DIR points one elsewhere) and their files: ([task], {task: {role: path}})."""
+    TASK=DIR points one elsewhere) and their files: ([task], {task: {role: path}}). `only`: the tasks
+    that --zero_shot_only can score (None: any)."""
     overrides = {}
     for item in args.path:
         task, sep, folder = item.partition("=")
@@ -43,14 +44,18 @@ def find_tasks(tasks, args):
         overrides[task] = folder
     if args.tasks == "all":
         found = lambda t: all(map(os.path.isfile, task_paths(tasks[t], args.data_dir, overrides.get(t)).values()))  # noqa: E731
-        chosen = [t for t in tasks if found(t)]
+        chosen = [t for t in tasks if (only is None or t in only) and found(t)]
         if not chosen:
-            raise Refused(f"{args.data_dir}: no CLUE task files found (expected e.g. afqmc_public/train.json)")
+            raise Refused(f"{args.data_dir}: no CLUE task files found (expected e.g. "
+                          f"{tasks[(only or ['afqmc'])[0]]['folder']}/train.json)")
     else:
         chosen = [t.strip().lower() for t in args.tasks.split(",")]
         unknown = [t for t in chosen if t not in tasks]
         if unknown:
             raise Refused(f"unknown task {unknown[0]!r}; choose from {', '.join(tasks)}")
+        if only is not None and set(chosen) - set(only):
+            raise Refused(f"--zero_shot_only: {sorted(set(chosen) - set(only))[0]} has no zero-shot score "
+                          f"(tasks that have one: {', '.join(only)})")
     return chosen, {t: task_files(tasks, t, args.data_dir, overrides.get(t)) for t in chosen}
 
 
@@ -73,6 +78,18 @@ def read_jsonl(path):
             if not isinstance(obj, dict):
                 raise Refused(f"{path}: line {lineno}: not a JSON object")
             yield lineno, obj
+
+
+def nonempty(rows, path, what="rows"):
+    if not rows:
+        raise Refused(f"{path}: no {what}")
+    return rows
+
+
+def label_order(labels):
+    """Numeric labels in numeric order ("100" < "116"), then the others alphabetically."""
+    numeric = lambda s: s.lstrip("-").isdigit()  # noqa: E731
+    return sorted(labels, key=lambda s: (not numeric(s), int(s) if numeric(s) else 0, s))
 
 
 def field(obj, key, path, lineno, kind=str):
@@ -198,6 +215,76 @@ def read_c3(path):
     return out
 
 
+def choice_answers(questions):
+    """Multiple choice (C3, ChID): which rows are right, question after question (a prediction is right
+    when its text is the answer's, so a repeated answer counts either way), and chance: the expected
+    accuracy of a uniform guess on the same questions (the share of each one's choices that are its answer)."""
+    text = lambda q: q["choices"][q["answer"]]  # noqa: E731
+    return dict(dev_right=np.array([c == text(q) for q in questions for c in q["choices"]], dtype=bool),
+                baseline=float(np.mean([q["choices"].count(text(q)) / len(q["choices"]) for q in questions])))
+
+
+BLANK = "#idiom#"  # FewCLUE's blank; also what another blank of the same passage is left as
+NUMBERED_BLANK = re.compile(r"#idiom\d+#")  # CLUE's blanks: #idiom000123#
+
+
+def read_chid(path):
+    """ChID (CLUE's idiom cloze), in either layout, one JSON object per line:
+      FewCLUE: {"id", "candidates": [idioms], "content": a passage with one "#idiom#", "answer": index};
+      CLUE:    {"candidates": [idioms], "content": [passages with numbered blanks "#idiom000123#"]}, the
+               answers in <name>_answer.json beside it ({"#idiom000123#": index}), the candidates shared
+               by every blank of the line.
+    Returns one dict per blank: left and right (the passage's text before and after it, where any
+    other blank of the passage is left as "#idiom#": how to show it is the caller's choice, and it
+    must not be its answer), choices (the candidates), answer (an index into them), where (file and
+    line, for messages). A fault is named by file, line and blank."""
+    out, answers = [], None
+
+    def add(left, right, cands, answer, where):
+        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(cands):
+            raise Refused(f"{where}: answer {answer!r} is not the index of one of the {len(cands)} candidates")
+        out.append(dict(left=left, right=right, choices=cands, answer=answer, where=where))
+    for lineno, o in read_jsonl(path):
+        where = f"{path}: line {lineno}"
+        cands, content = field(o, "candidates", path, lineno, kind=None), field(o, "content", path, lineno, kind=None)
+        if not (isinstance(cands, list) and len(cands) >= 2 and all(isinstance(c, str) and c.strip() for c in cands)):
+            raise Refused(f"{where}: candidates must be a list of at least 2 non-empty texts, not {cands!r:.80}")
+        if isinstance(content, str):  # FewCLUE
+            answer, (left, *right) = field(o, "answer", path, lineno, kind=int), content.split(BLANK)
+            if len(right) != 1:
+                raise Refused(f"{where}: the passage has {len(right)} blanks ({BLANK}); this layout has one per line")
+            add(left, right[0], cands, answer, where)
+        elif isinstance(content, list) and all(isinstance(p, str) for p in content):  # CLUE
+            answers = answers if answers is not None else chid_answers(path)
+            for k, passage in enumerate(content):
+                tags = NUMBERED_BLANK.findall(passage)
+                if not tags:
+                    raise Refused(f"{where}: passage {k} has no blank (#idiom000123#)")
+                for tag in tags:
+                    if tag not in answers[1]:
+                        raise Refused(f"{where}: passage {k}: blank {tag} has no answer in {answers[0]}")
+                    if passage.count(tag) > 1:
+                        raise Refused(f"{where}: passage {k}: blank {tag} occurs twice")
+                    left, _, right = passage.partition(tag)
+                    add(NUMBERED_BLANK.sub(BLANK, left), NUMBERED_BLANK.sub(BLANK, right), cands, answers[1][tag],
+                        f"{where}, blank {tag}")
+        else:
+            raise Refused(f"{where}: content is neither a passage (FewCLUE's layout) nor a list of passages (CLUE's)")
+    return out
+
+
+def chid_answers(path):
+    """(path, {blank: answer index}) of CLUE's answer file for `path` (train.json -> train_answer.json)."""
+    answers_path = os.path.splitext(path)[0] + "_answer.json"
+    if not os.path.isfile(answers_path):
+        raise Refused(f"{path}: CLUE's ChID layout (content is a list of passages) keeps its answers in "
+                      f"{answers_path}, which does not exist")
+    answers = read_json_document(answers_path)
+    if not isinstance(answers, dict):
+        raise Refused(f"{answers_path}: not a JSON object mapping each blank (#idiom000123#) to its answer's index")
+    return answers_path, answers
+
+
 def locate(context, answer, start):
     """Released files hold a few answer_start values that are off by some characters: the answer's
     occurrence nearest to the given start, or -1 when the context does not contain it."""
@@ -234,6 +321,14 @@ def cmrc_em(prediction, answers):
     def norm(s):
         return "".join(ch for ch in s.lower().strip() if ch not in CMRC_PUNCT)
     return float(any(norm(prediction) == norm(a) for a in answers))
+
+
+def on_token_edges(tok, ex):
+    """Whether some reference answer starts and ends on token edges of the context: if none does,
+    no predicted token span can match it exactly, which caps EM below 100."""
+    offsets = tok.encode(ex["context"], add_special_tokens=False).offsets
+    starts, ends = {s for s, _ in offsets}, {e for _, e in offsets}
+    return any(s in starts and s + len(a) in ends for a, s in ex["answers"])
 
 
 def cmrc_segments(text):

@@ -1,6 +1,7 @@
 """
-How eval_clue.py reports: scores aggregated over seeds, the markdown table, and fine-tuned models
-kept on disk (--save). Nothing here fine-tunes or scores.
+How eval_clue.py reports: scores aggregated over seeds, zero-shot accuracies next to their
+baseline, the markdown tables, and fine-tuned models kept on disk (--save). Nothing here fine-tunes
+or scores.
 """
 import os
 
@@ -44,24 +45,67 @@ def aggregate(per_seed, metric):
     return out
 
 
+def versus(hits, base):
+    """Two methods' accuracies on the same items (0/1 per item), each with its standard error over the
+    items, and their difference with its paired standard error (the items' differences' spread)."""
+    se = lambda x: float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0  # noqa: E731
+    hits, base = np.asarray(hits, dtype=np.float64), np.asarray(base, dtype=np.float64)
+    return dict(acc=float(hits.mean()), acc_se=se(hits), no_context=float(base.mean()), no_context_se=se(base),
+                gain=float((hits - base).mean()), gain_se=se(hits - base))
+
+
+def cut_notes(what, max_len, shares):
+    """The notes' words for texts cut to fit: shares is {split: (number cut, number in all)}."""
+    return f"{what} to fit {max_len} tokens: " + ", ".join(
+        f"{c:,} of {total:,} {split} ({100 * c / total:.1f}%)" for split, (c, total) in shares.items())
+
+
+def pct(m, s=None, sign=""):
+    return f"{100 * m:{sign}.2f}" + ("" if s is None else f" ± {100 * s:.2f}")
+
+
 def markdown_table(results, args):
-    pct = lambda m, s=None: f"{100 * m:.2f}" + ("" if s is None else f" ± {100 * s:.2f}")  # noqa: E731
+    """The fine-tuned scores, one row per task; the best-epoch column only when some task ran more than
+    one epoch (else it repeats the final one). Then the zero-shot scores, if a task has one."""
+    tuned = {task: r for task, r in results.items() if "per_seed" in r}
+    epochs = any(len(s["per_epoch"]) > 1 for r in tuned.values() for s in r["per_seed"])
     rows = [f"CLUE dev results: {args.model_dir} ({'random init' if args.init == 'random' else 'pre-trained'}), "
             f"seeds from {args.seed}; dev scores are mean ± std over the seeds (std over n-1)", "",
-            "| task | metric | seeds | dev (final epoch) | dev (best epoch) | baseline | final, per seed | train / dev | time |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            f"| task | metric | seeds | {'dev (final epoch) | dev (best epoch)' if epochs else 'dev'} | baseline | "
+            f"{'final, per seed' if epochs else 'per seed'} | train / dev | time |", "|---" * (9 if epochs else 8) + "|"]
     warn = []
-    for task, r in results.items():
+    for task, r in tuned.items():
         n = len(r["seeds"])
         std = lambda key: r[key] if n > 1 else None  # noqa: E731
         final = pct(r["final"], std("final_std")) + (f" / {pct(r['final_2'], std('final_2_std'))}" if "final_2" in r else "")
+        if epochs:
+            final += " | " + (pct(r["best"], std("best_std")) if len(r["per_seed"][0]["per_epoch"]) > 1 else "–")
         base, name = r["baseline"], r.get("baseline_name", "majority class")
         base = "–" if base is None else f"{name} {pct(base[0])} / {pct(base[1])}" if isinstance(base, list) \
             else f"{name} {pct(base)}"
         per_seed = ", ".join(pct(s["final"]) for s in r["per_seed"])
-        rows.append(f"| {task} | {r['metric']} | {n} | {final} | {pct(r['best'], std('best_std'))} | {base} | {per_seed} | "
+        rows.append(f"| {task} | {r['metric']} | {n} | {final} | {base} | {per_seed} | "
                     f"{r['n_train']:,} / {r['n_dev']:,} | {r['seconds']:.0f}s |")
         if n == 1 and r["n_dev"] < SMALL_DEV:
             warn.append(f"warning: {task} has {r['n_dev']} dev rows and ran with one seed; its score moves by "
                         f"several points between seeds (use --seeds 3)")
-    return "\n".join(rows + ([""] + warn if warn else []))
+    rows = (rows if tuned else []) + ([""] + warn if warn else [])
+    return "\n".join(rows + zero_shot_table(results, args)).strip()
+
+
+def zero_shot_table(results, args):
+    zs = {task: r["zero_shot"] for task, r in results.items() if "zero_shot" in r}
+    if not zs:
+        return []
+    how = {"word": "its tokens masked together", "token": "each token masked in turn"}[next(iter(zs.values()))["scoring"]]
+    rows = ["", f"Zero-shot: the {'randomly initialised' if args.init == 'random' else 'pre-trained'} masked LM fills "
+                f"the blank, no fine-tuning (a candidate's score: the mean log-probability of {how}; "
+                "± standard error over the items)", "",
+            "| task | items | zero-shot | no context (passage removed) | context adds (paired) | chance | "
+            "summed log-probability: zero-shot / no context | contexts cut |", "|---" * 8 + "|"]
+    for task, z in zs.items():
+        m, s = z["mean"], z["sum"]
+        rows.append(f"| {task} | {z['items']:,} | {pct(m['acc'], m['acc_se'])} | {pct(m['no_context'], m['no_context_se'])} | "
+                    f"{pct(m['gain'], m['gain_se'], '+')} | {pct(z['chance'])} | {pct(s['acc'])} / {pct(s['no_context'])} | "
+                    f"{z['contexts_cut']:,} ({100 * z['contexts_cut'] / z['items']:.1f}%) |")
+    return rows

@@ -2,24 +2,28 @@
 A prepared dataset on disk (format 3), as prepare.py writes it and train.py reads it:
 
     tokenizer.json                    the BPE tokenizer the ids belong to           (step vocab)
-    plan.json                         the settings every step shares, the validation threshold and
-                                      the tokenizer's sha256                         (step vocab)
-    shards/train-000012-0000.bin      uint16 token ids of input file 12's training documents, part 0;
+    plan.json                         the settings every step shares, the validation threshold, the
+                                      tokenizer's sha256, and the slices of the input files: the
+                                      units of work (corpus.plan_slices)               (step vocab)
+    shards/train-000012-0000.bin      uint16 token ids of slice 12's training documents, part 0;
                                       every document is stored as [CLS] tokens [SEP] (step encode)
     shards/train-000012-0000.words.bin  uint8 per token: 1 = it begins a whole-word unit, 0 = it continues one
-    shards/val-000012-0000.bin, ...   the same for the file's validation documents
-    shards/done-000012.json           written when input file 12 is finished: its input's size and
-                                      time, the tokenizer's sha256, each shard's token count, sha256,
-                                      largest id and flag, the file's statistics and unigram counts
+    shards/val-000012-0000.bin, ...   the same for the slice's validation documents
+    shards/done-000012.json           written when slice 12 is finished: the slice, its input's size
+                                      and time, the tokenizer's sha256, each shard's token count,
+                                      sha256, largest id and flag, the slice's statistics and unigram
+                                      counts
     meta.json                         the manifest, written last (step finalize): every shard of each
-                                      split in the order of the input files, with its token count and
-                                      sha256; the totals, the training unigram counts, the validation
-                                      documents' starts, and the fingerprint of the shard list
+                                      split in the order of the slices (file after file, each file's
+                                      slices in order), with its token count and sha256; the totals,
+                                      the training unigram counts, the validation documents' starts,
+                                      and the fingerprint of the shard list
 
-A shard holds at most --shard_tokens tokens and only one input file's documents, so a shard's content
-depends on its input file alone, never on which machine or process wrote it. Each split is the
+The slices are numbered through the corpus in input order; a file of at most --slice_bytes is one
+slice. A shard holds at most --shard_tokens tokens and only one slice's documents, so a shard's
+content depends on its slice alone, never on which machine or process wrote it. Each split is the
 concatenation of its shards in manifest order. Every file is written under a temporary name and
-renamed when complete: a shard that exists is whole, a file with a done record is finished, and a
+renamed when complete: a shard that exists is whole, a slice with a done record is finished, and a
 directory without meta.json is incomplete (train.py refuses it). The reader checks the manifest and
 every shard's size before any training, and every slice it reads, so a missing, damaged or foreign
 file is one line naming it.
@@ -93,7 +97,7 @@ def temp_of(name):
 
 
 def file_index(name):
-    """The input file a name in shards/ belongs to (a shard, a done record or a temporary one), else None."""
+    """The slice a name in shards/ belongs to (a shard, a done record or a temporary one), else None."""
     m = SHARD_FILE.fullmatch(temp_of(name) or name) or DONE_FILE.fullmatch(temp_of(name) or name)
     return int(m.group(2) if m.re is SHARD_FILE else m.group(1)) if m else None
 
@@ -186,7 +190,7 @@ def read_plan(out, settings):
 
 
 def remove_temps(out, indices):
-    """Remove the temporary files of these input files' shards and done records (only theirs: other
+    """Remove the temporary files of these slices' shards and done records (only theirs: other
     processes may be writing their own)."""
     shards = os.path.join(out, "shards")
     for n in os.listdir(shards):
@@ -195,14 +199,36 @@ def remove_temps(out, indices):
                 os.remove(os.path.join(shards, n))
 
 
+def run_jobs(fn, jobs, workers, init, initargs, out, done):
+    """fn(job) for every job (job[0]: the slice it writes), then done(1): in this process if workers is
+    1 or there is one job, else in a pool of `workers` forked processes, each started with
+    init(*initargs), a job at a time. When one fails, the pool stops the others mid-slice; the
+    temporary files they leave are removed before the error goes on."""
+    if workers == 1 or len(jobs) <= 1:
+        init(*initargs)
+        for job in jobs:
+            fn(job)
+            done(1)
+        return
+    import multiprocessing as mp
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    try:
+        with ctx.Pool(min(workers, len(jobs)), init, initargs) as pool:
+            for _ in pool.imap_unordered(fn, jobs, chunksize=1):
+                done(1)
+    except BaseException:
+        remove_temps(out, {job[0] for job in jobs})
+        raise
+
+
 def invalidate(out):
     """The shards are about to change: remove meta.json, so nothing trusts the old manifest."""
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(out, "meta.json"))
 
 
-class FileWriter:
-    """The shards of one input file: per split, parts of at most `limit` tokens, each written under
+class SliceWriter:
+    """The shards of one slice: per split, parts of at most `limit` tokens, each written under
     temporary names and renamed when full or at the end; each renamed part is then read back once
     for its record (scan_shard). Used as a context manager: an error or an interrupt removes the
     temporary files, and a write error (a full disk) is one line naming the shard."""
@@ -211,21 +237,35 @@ class FileWriter:
         self.parts, self.records = {}, {s: [] for s in SPLITS}
         self.counts = np.zeros(vocab_size, np.int64)  # training unigram counts
         self.doc_tokens = {s: dict(longest=0, over_1024=0, over_8192=0) for s in SPLITS}
-        self.current, self.writing = 0, None  # tokens of the document being written; the shard being written
+        self.current = {s: 0 for s in SPLITS}  # tokens of the split's document being written, so far
+        self.writing = None  # the shard being written
 
     def __enter__(self):
-        remove_temps(self.out, {self.index})  # what a killed run left of this file's shards
+        remove_temps(self.out, {self.index})  # what a killed run left of this slice's shards
         return self
 
-    def write(self, split, ids, flags, last):
-        """A piece of a document (`last`: its final piece): at the end of the split's current shard."""
-        self.current += len(ids)
-        if last:
+    def write(self, ids, flags, lengths, val, last):
+        """A chunk of pieces of documents laid end to end: piece p is lengths[p] tokens of ids and
+        flags, goes to validation if val[p], else to train, and is its document's final piece if
+        last[p]. Each split's pieces go, in order, at the end of its current shard."""
+        lengths, val, last = np.asarray(lengths, np.int64), np.asarray(val, bool), np.asarray(last, bool)
+        to_val = np.repeat(val, lengths)
+        for split, mine, tokens in (("train", ~val, ~to_val), ("val", val, to_val)):
+            if mine.any():
+                self.count_documents(split, lengths[mine], last[mine])
+                self.append(split, ids[tokens], flags[tokens])
+
+    def count_documents(self, split, lengths, last):
+        ends = np.cumsum(lengths) + self.current[split]  # tokens of the open document, then of each piece
+        docs = np.diff(ends[last], prepend=0)
+        self.current[split] = int(ends[-1] - (ends[last][-1] if last.any() else 0))
+        if len(docs):
             stat = self.doc_tokens[split]
-            stat["longest"] = max(stat["longest"], self.current)
-            stat["over_1024"] += self.current > 1024
-            stat["over_8192"] += self.current > 8192
-            self.current = 0
+            stat["longest"] = max(stat["longest"], int(docs.max()))
+            stat["over_1024"] += int((docs > 1024).sum())
+            stat["over_8192"] += int((docs > 8192).sum())
+
+    def append(self, split, ids, flags):
         while len(ids):
             if split not in self.parts:
                 name = shard_name(split, self.index, len(self.records[split]))
@@ -254,12 +294,12 @@ class FileWriter:
         self.records[split].append(scan_shard(self.out, name, self.counts if split == "train" else None,
                                               starts=split == "val"))
 
-    def finish(self, source, stat, tokenizer_sha256, stats, seconds):
-        """Close the last shards, then write the file's done record (see finished()); returns it."""
+    def finish(self, source, span, stat, tokenizer_sha256, stats, seconds):
+        """Close the last shards, then write the slice's done record (see finished()); returns it."""
         for split in list(self.parts):
             self.close(split)
         nonzero = np.flatnonzero(self.counts)
-        record = dict(input=source, input_size=stat.st_size, input_mtime_ns=stat.st_mtime_ns,
+        record = dict(input=source, slice=span, input_size=stat.st_size, input_mtime_ns=stat.st_mtime_ns,
                       tokenizer_sha256=tokenizer_sha256, stats=stats, document_tokens=self.doc_tokens,
                       unigram=dict(ids=nonzero.tolist(), counts=self.counts[nonzero].tolist()), shards=self.records,
                       seconds=round(seconds, 2), peak_rss_mb=peak_rss_mb())
@@ -316,16 +356,17 @@ def scan_shard(out, name, counts=None, starts=False):
     return {**record, "doc_starts": doc_starts} if starts else record
 
 
-def finished(out, index, source, tokenizer_sha256):
-    """The done record of input file `index` if that file is finished and still so: the input has the
-    size and time it had, the tokenizer is the same, every shard is there with its recorded size.
-    Else None: the file is encoded (again)."""
+def finished(out, index, source, span, tokenizer_sha256):
+    """The done record of slice `index` if that slice is finished and still so: it is this slice of
+    this input, the input has the size and time it had (a changed file is encoded again, all its
+    slices), the tokenizer is the same, every shard is there with its recorded size. Else None: the
+    slice is encoded (again)."""
     try:
         with open(done_path(out, index), encoding="utf-8") as f:
             record = json.load(f)
         stat = os.stat(source)
-        if (record["input"], record["input_size"], record["input_mtime_ns"], record["tokenizer_sha256"]) != \
-                (source, stat.st_size, stat.st_mtime_ns, tokenizer_sha256):
+        if (record["input"], record["slice"], record["input_size"], record["input_mtime_ns"], record["tokenizer_sha256"]) \
+                != (source, span, stat.st_size, stat.st_mtime_ns, tokenizer_sha256):
             return None
         for split in SPLITS:
             for s in record["shards"][split]:
@@ -345,22 +386,22 @@ def check_size(path, size, where):
                                      f"{n} bytes, but {where} records {size} (truncated, or another dataset's shard)"))
 
 
-def collect(out, sources, tokenizer_sha256, vocab_size, workers=1):
-    """The finalize step's checks: every input file has its done record, encoded with this tokenizer,
-    and every shard it names exists and is whole: its size, then its sha256 (read in full, in
-    `workers` threads). Returns the records in input order, their unigram counts summed as they are
-    read (held apart, a record's counts are megabytes of Python ints); any fault is one line naming
-    the file."""
+def collect(out, files, slices, tokenizer_sha256, vocab_size, workers=1):
+    """The finalize step's checks: every slice has its done record, encoded with this tokenizer, and
+    every shard it names exists and is whole: its size, then its sha256 (read in full, in `workers`
+    threads). Returns the records in slice order, their unigram counts summed as they are read (held
+    apart, a record's counts are megabytes of Python ints); any fault is one line naming the file."""
+    from .corpus import slice_name
     invalidate(out)  # an old manifest is not trusted past this point
     records, counts = [], np.zeros(vocab_size, np.int64)
-    for i, source in enumerate(sources):
-        path = done_path(out, i)
+    for i, span in enumerate(slices):
+        path, source = done_path(out, i), slice_name(files[span["file"]], span)
         if not os.path.exists(path):
             raise Refused(f"{source}: not encoded yet ({path} is missing): run --step encode on the machine "
                           f"that owns it (--rank {i} modulo --world)")
         record = read_json(path, "a done record")
-        if record.get("input") != source:
-            raise Refused(f"{path}: the record of {record.get('input')}, not of input file {i} ({source}): "
+        if (record.get("input"), record.get("slice")) != (files[span["file"]], span):
+            raise Refused(f"{path}: the record of {record.get('input')}, not of slice {i} ({source}): "
                           f"another dataset's file")
         if record.get("tokenizer_sha256") != tokenizer_sha256:
             raise Refused(f"{path}: encoded with another tokenizer (sha256 {str(record.get('tokenizer_sha256'))[:12]}..., "
@@ -398,7 +439,7 @@ def fingerprint(shards):
 
 def write_manifest(out, records, counts, kept, plan, fixed):
     """meta.json, last (it marks the directory complete): the totals of the done records, the shards of
-    each split in input-file order (validation: those of the files in `kept`), the training unigram
+    each split in slice order (validation: those of the slices in `kept`), the training unigram
     counts, and the fingerprint of the shard list."""
     val = [r for i, r in enumerate(records) if i in kept]
     total = {k: sum(r["stats"][k] for r in records) for k in records[0]["stats"]}
@@ -412,7 +453,7 @@ def write_manifest(out, records, counts, kept, plan, fixed):
         characters=total["chars"], documents_read=total["documents_read"],
         duplicates_removed=total["duplicates_removed"], duplicates_kept=total["duplicates_kept"],
         val_threshold=plan["val_threshold"], val_set_aside=dict(
-            files=sum(1 for i, r in enumerate(records) if i not in kept and r["shards"]["val"]),
+            slices=sum(1 for i, r in enumerate(records) if i not in kept and r["shards"]["val"]),
             documents=total["val_documents"] - n_val, tokens=sum(s["tokens"] for s in aside)),
         document_tokens={split: dict(longest=max([r["document_tokens"][split]["longest"] for r in rs] + [0]),
                                      **{k: sum(r["document_tokens"][split][k] for r in rs) for k in ("over_1024", "over_8192")})
@@ -435,7 +476,7 @@ def describe(out, meta):
     return (f"wrote {out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens in "
             f"{len(meta['shards']['train'])} + {len(meta['shards']['val'])} shards, from {meta['documents']:,} "
             f"documents ({meta['characters']:,} chars)\n"
-            f"  {meta['duplicates_removed']:,} exact duplicate documents removed (within each input file); longest "
+            f"  {meta['duplicates_removed']:,} exact duplicate documents removed (within each slice); longest "
             f"document {meta['document_tokens']['train']['longest']:,} tokens in train, "
             f"{meta['document_tokens']['val']['longest']:,} in val"
             + (f"; {meta['val_set_aside']['tokens']:,} validation tokens set aside beyond --max_val_tokens"

@@ -5,11 +5,12 @@ allowed.
 
     train.py      a dataclass of settings (nanoGPT style): config files, then --name=value overrides
     prepare.py    argparse (ArgParser below: one help format, errors in one line)
-    eval_clue.py  argparse
+    eval_clue.py  argparse, then its settings checked against the model and the folders (check_eval)
 """
 import argparse, ast, dataclasses, inspect, math, os, sys
 
 from .errors import Refused
+from .model_files import check_model_dir, check_tokenizer
 
 
 # ------------------------------------------------------------------------------------------
@@ -211,6 +212,7 @@ PREPARE_RULES = [  # the whole message is the rule's text: these read as sentenc
                                                   "at least a few thousand tokens, and at most a quarter of the documents)"),
     ("max_val_tokens", at_least(1), "--max_val_tokens {v}: must be >= 1"),
     ("shard_tokens", at_least(1), "--shard_tokens {v}: must be >= 1"),
+    ("slice_bytes", at_least(1), "--slice_bytes {v}: must be >= 1"),
     ("workers", at_least(1), "--workers {v}: must be >= 1"),
     ("chunk_chars", at_least(1), "--chunk_chars {v}: must be >= 1"),
     ("world", at_least(1), "--world {v}: must be >= 1"),
@@ -247,7 +249,7 @@ def prepare_args(argv, doc):
     p.add_argument("--step", choices=["all", "vocab", "encode", "finalize"], default="all",
                    help="all = vocab, encode, finalize here; on several machines run them one by one (docs/data.md)")
     p.add_argument("--rank", type=int, help="this machine's number in [0, --world) (default: from RANK or Slurm, else 0)")
-    p.add_argument("--world", type=int, help="machines sharing --step encode; machine r encodes input files r, "
+    p.add_argument("--world", type=int, help="machines sharing --step encode; machine r encodes slices r, "
                                              "r + world, ... (default: from WORLD_SIZE or Slurm, else 1)")
     p.add_argument("--text_field", default="text",
                    help="JSON / CSV / parquet field(s) holding the text, e.g. title,content (CSV: its first line's names)")
@@ -262,6 +264,9 @@ def prepare_args(argv, doc):
     p.add_argument("--max_val_tokens", type=int, default=10_000_000,
                    help="validation keeps whole shards up to about this many tokens; the rest is set aside")
     p.add_argument("--shard_tokens", type=int, default=100_000_000, help="tokens per shard at most")
+    p.add_argument("--slice_bytes", type=int, default=1 << 25,
+                   help="the unit of work: a larger .txt / .jsonl is cut into slices of about this many bytes, a "
+                        ".parquet into runs of row groups (32 MiB; exact duplicates are removed within a slice)")
     p.add_argument("--doc_format", choices=["line", "blank"], default="line",
                    help="plain text: one document per line, or documents separated by a blank line")
     p.add_argument("--keep_duplicates", action="store_true",
@@ -269,7 +274,7 @@ def prepare_args(argv, doc):
     p.add_argument("--segmenter", choices=["rjieba", "jieba"], default="rjieba",
                    help="rjieba = jieba-rs (same dictionary and algorithm, in Rust); jieba = the Python original")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="processes, each encoding whole input files; the default is the number of cores")
+                   help="processes, each encoding one slice at a time; the default is the number of cores")
     p.add_argument("--chunk_chars", type=int, default=1 << 18, help="characters a worker segments and encodes at once")
     p.add_argument("--overwrite", action="store_true",
                    help="replace what --out_dir holds (a different dataset; or this one, built afresh instead of resumed)")
@@ -289,8 +294,8 @@ def dataset_settings(args, files):
     return dict(sources=files, text_field=[f.strip() for f in args.text_field.split(",") if f.strip()],
                 encoding=args.encoding, vocab_size=args.vocab_size, val_fraction=args.val_fraction,
                 max_val_tokens=args.max_val_tokens, segmenter=args.segmenter, bpe_chars=args.bpe_chars,
-                bpe_fraction=args.bpe_fraction, shard_tokens=args.shard_tokens, doc_format=args.doc_format,
-                keep_duplicates=args.keep_duplicates,
+                bpe_fraction=args.bpe_fraction, shard_tokens=args.shard_tokens, slice_bytes=args.slice_bytes,
+                doc_format=args.doc_format, keep_duplicates=args.keep_duplicates,
                 tokenizer=os.path.abspath(args.tokenizer) if args.tokenizer else None)
 
 
@@ -299,7 +304,7 @@ def eval_args(argv, doc, tasks):
     defaults = "\n".join(f"  {t:12s} {plural(s['epochs'], 'epoch'):>9s}, lr {s['lr']:g}, batch {s['batch']}, length "
                          f"{s['max_len']}, {plural(s.get('seeds', 1), 'seed')}" for t, s in tasks.items())
     p = ArgParser("eval_clue.py", doc, epilog=doc.split("\n\n", 2)[2] + "\n\nPer-task defaults (CLUE's baseline "
-                  "settings; SimCLUE's are this project's choice):\n" + defaults)
+                  "settings; SimCLUE's, and ChID's length and batch, are this project's choice):\n" + defaults)
     p.add_argument("--model_dir", default="out", help="a directory written by train.py")
     p.add_argument("--data_dir", default="data/clue", help="the CLUE folders")
     p.add_argument("--tasks", default="all", help="comma-separated, or all: every task whose files exist")
@@ -319,6 +324,11 @@ def eval_args(argv, doc, tasks):
                    help="CMRC2018 window stride in tokens, at most half of --max_len")
     p.add_argument("--temperature", type=number(float), default=0.05, help="SimCLUE InfoNCE temperature")
     p.add_argument("--max_train_samples", type=number(int), help="a random subset of each training set (default: all)")
+    p.add_argument("--mlm_scoring", choices=["word", "token"], default="word",
+                   help="ChID zero-shot: word = a candidate's tokens masked together, as whole-word masking trained "
+                        "(a pass per candidate); token = each masked in turn, the others visible (a pass per token)")
+    p.add_argument("--zero_shot_only", action="store_true",
+                   help="no fine-tuning: only the zero-shot score of the tasks that have one (ChID, by the masked LM)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="autocast: auto = bf16 where native, else fp32")
@@ -337,3 +347,23 @@ def eval_args(argv, doc, tasks):
     args = p.parse(argv, rules)
     args.progress = args.progress == "True"
     return args
+
+
+def check_eval(args, lengths, strided, config_cls):
+    """eval_clue.py's settings against its model and folders, before any work: the model folder is
+    whole and every task's length ({task: max_len}) fits it, the stride fits the length of each task
+    read in strided windows, the output folders can be written, and the tokenizer is the model's own.
+    Returns (tokenizer, its path)."""
+    cfg = check_model_dir(args.model_dir, config_cls, args.init == "pretrained", lengths)
+    for task in strided:
+        if args.doc_stride > lengths[task] // 2:
+            raise Refused(f"--doc_stride {args.doc_stride}: must be in [1, {lengths[task] // 2}] (half of the "
+                          f"{task} length {lengths[task]}), else windows skip context")
+    try:
+        os.makedirs(args.save, exist_ok=True) if args.save else None
+    except OSError as e:
+        raise Refused(f"--save {args.save}: {e.strerror}")
+    for folder in [os.path.dirname(os.path.abspath(args.out))] + ([args.save] if args.save else []):
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise Refused(f"{folder}: not a writable directory")
+    return check_tokenizer(args.model_dir, cfg, args.tokenizer)

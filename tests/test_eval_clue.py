@@ -46,6 +46,34 @@ def write_c3(folder, train, dev, names="{}-{}.json"):
             (folder / names.format(g, split)).write_text(json.dumps(part, ensure_ascii=False), encoding="utf-8")
 
 
+IDIOMS = [S[k][i:i + 4] for k in range(8) for i in (0, 4)]  # 16 four-character "idioms"
+
+
+def chid_items(n, long_every=0):
+    """FewCLUE's ChID layout: a passage with one #idiom# and 7 candidates whose answer is always
+    IDIOMS[0], at a varying place; every long_every-th passage is long on both sides of the blank."""
+    items = []
+    for k in range(n):
+        cands = [IDIOMS[1 + (k + j) % 15] for j in range(6)]
+        cands.insert(k % 7, IDIOMS[0])
+        side = (lambda t: t * 12) if long_every and k % long_every == 0 else (lambda t: t[:6])  # noqa: E731
+        items.append({"id": k, "candidates": cands, "content": side(S[k % 8]) + "#idiom#" + side(S[(k + 3) % 8]),
+                      "answer": k % 7})
+    return items
+
+
+def write_clue_chid(folder, split, lines, answers):
+    """CLUE's ChID layout: passages with numbered blanks, the answers in <split>_answer.json."""
+    write_jsonl(folder / f"{split}.json", lines)
+    (folder / f"{split}_answer.json").write_text(json.dumps(answers), encoding="utf-8")
+
+
+CLUE_CHID = [{"candidates": IDIOMS[:10], "content": [S[0] + "#idiom000000#" + S[1] + "#idiom000001#" + S[2],
+                                                     S[3] + "#idiom000002#"]},
+             {"candidates": IDIOMS[5:15], "content": ["#idiom000003#" + S[4]]}]
+CLUE_CHID_ANSWERS = {"#idiom000000#": 3, "#idiom000001#": 0, "#idiom000002#": 9, "#idiom000003#": 1}
+
+
 def write_jsonl(path, rows):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -88,6 +116,8 @@ def clue_dir(tmp_path_factory):
     write_jsonl(d / "simclue_public" / "train_rank.json",
                 [{"query": a, "title": b, "neg_title": PARA[(i + 1) % len(PARA)][0]} for i, (a, b, _) in enumerate(PARA)])
     write_c3(d / "c3_public", c3_items(12), c3_items(6))
+    write_jsonl(d / "chid_public" / "train.json", chid_items(14))
+    write_jsonl(d / "chid_public" / "dev.json", chid_items(7))
     return d
 
 
@@ -205,9 +235,17 @@ def test_seeds_aggregate_and_table():
     r.update(baseline=0.55, n_train=100, n_dev=300, notes="", seconds=3.0)
     one = dict(eval_clue.aggregate(per_seed[:1], "acc"), baseline=0.55, n_train=100, n_dev=300, notes="", seconds=1.0)
     table = eval_clue.markdown_table({"cluewsc2020": r, "csl": one}, argparse.Namespace(model_dir="m", init="random", seed=1))
-    assert "| cluewsc2020 | acc | 3 | 60.00 ± 10.00 | 70.00 ± 10.00 | majority class 55.00 | 50.00, 60.00, 70.00 |" in table
     assert "| csl | acc | 1 | 50.00 |" in table and "warning: csl has 300 dev rows and ran with one seed" in table
     assert "warning: cluewsc2020" not in table
+    # every task ran one epoch: no best-epoch column (it would repeat the final one)
+    assert "best epoch" not in table and "| task | metric | seeds | dev | baseline | per seed |" in table
+    assert "| cluewsc2020 | acc | 3 | 60.00 ± 10.00 | majority class 55.00 | 50.00, 60.00, 70.00 |" in table
+    two = dict(eval_clue.aggregate([dict(s, per_epoch=[[0.1], [s["final"]]]) for s in per_seed], "acc"),
+               baseline=0.55, n_train=100, n_dev=300, notes="", seconds=3.0)
+    table = eval_clue.markdown_table({"tnews": two, "csl": one}, argparse.Namespace(model_dir="m", init="random", seed=1))
+    assert "| dev (final epoch) | dev (best epoch) |" in table
+    assert "| tnews | acc | 3 | 60.00 ± 10.00 | 70.00 ± 10.00 | majority class 55.00 |" in table
+    assert "| csl | acc | 1 | 50.00 | – | majority class 55.00 |" in table  # one epoch: no best of its own
 
 
 def run_eval(*args):
@@ -341,7 +379,7 @@ def test_c3_fine_tunes_scores_against_chance_and_reloads_exactly(tmp_path, model
     from cmbert import CMBertForMultipleChoice
     from tokenizers import Tokenizer
     args = argparse.Namespace(epochs=None, lr=None, batch_size=None, max_len=128, seeds=None, max_train_samples=None,
-                              seed=42, device="cpu", autocast=torch.autocast("cpu", enabled=False))
+                              seed=42, device="cpu", autocast=torch.autocast("cpu", enabled=False), progress=False)
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     tok.enable_truncation(16)  # as another task's loader may leave the shared tokenizer
     data = eval_clue.load_choice("c3", clue_data.task_files(eval_clue.TASKS, "c3", str(tmp_path), None), tok, args)
@@ -514,6 +552,160 @@ def test_faults_are_one_line(tmp_path, clue_dir, model_dir):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_fine_tuning_prints_no_warning(tmp_path, clue_dir, model_dir, dtype):
-    r = run_eval("--model_dir", model_dir, "--data_dir", clue_dir, "--tasks", "tnews,simclue", "--epochs", "1",
-                 "--dtype", dtype, "--out", tmp_path / "r.json")
+    r = run_eval("--model_dir", model_dir, "--data_dir", clue_dir, "--tasks", "tnews,simclue,chid", "--epochs", "1",
+                 "--seeds", "1", "--dtype", dtype, "--out", tmp_path / "r.json")
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# ChID: both layouts, the context cut around the blank, zero-shot scoring by the masked LM
+
+def test_chid_reads_both_layouts(tmp_path, clue_dir):
+    few = clue_data.read_chid(str(clue_dir / "chid_public" / "dev.json"))
+    assert len(few) == 7 and few[2]["answer"] == 2 and few[2]["choices"][2] == IDIOMS[0]
+    assert few[0]["left"] == S[0][:6] and few[0]["right"] == S[3][:6] and few[0]["where"].endswith("dev.json: line 1")
+    write_clue_chid(tmp_path, "dev", CLUE_CHID, CLUE_CHID_ANSWERS)
+    items = clue_data.read_chid(str(tmp_path / "dev.json"))
+    assert len(items) == 4  # a blank is an item: two in the first passage, one in each of the others
+    first, second = items[:2]
+    # the other blank of the passage is left as the neutral #idiom#, never as its answer
+    assert first["left"] == S[0] and first["right"] == S[1] + "#idiom#" + S[2] and first["answer"] == 3
+    assert second["left"] == S[0] + "#idiom#" + S[1] and second["right"] == S[2] and second["answer"] == 0
+    assert items[2]["answer"] == 9 and items[3]["choices"] == IDIOMS[5:15] and items[3]["left"] == ""
+    assert items[1]["where"] == f"{tmp_path / 'dev.json'}: line 1, blank #idiom000001#"
+
+
+@pytest.mark.parametrize("layout,change,words", [
+    ("few", lambda o, a: o.update(answer=7), "line 2: answer 7 is not the index of one of the 7 candidates"),
+    ("few", lambda o, a: o.update(answer="2"), "line 2: field 'answer' is '2', not an integer"),
+    ("few", lambda o, a: o.update(content="没有空"), "line 2: the passage has 0 blanks (#idiom#); this layout has one"),
+    ("few", lambda o, a: o.update(candidates="一二三四"), "line 2: candidates must be a list of at least 2 non-empty texts"),
+    ("clue", lambda o, a: o["content"].append("没有空"), "line 1: passage 2 has no blank (#idiom000123#)"),
+    ("clue", lambda o, a: a.pop("#idiom000001#"), "line 1: passage 0: blank #idiom000001# has no answer in"),
+    ("clue", lambda o, a: a.update({"#idiom000002#": 10}),
+     "line 1, blank #idiom000002#: answer 10 is not the index of one of the 10 candidates"),
+    ("clue", lambda o, a: o.update(content=7), "line 1: content is neither a passage (FewCLUE's layout) nor a list")])
+def test_chid_bad_rows_are_one_line_naming_file_and_item(tmp_path, model_dir, layout, change, words):
+    folder = tmp_path / "chid_public"
+    if layout == "few":
+        rows = chid_items(3)
+        change(rows[1], None)
+        write_jsonl(folder / "train.json", chid_items(3))
+        write_jsonl(folder / "dev.json", rows)
+    else:
+        rows, answers = json.loads(json.dumps(CLUE_CHID)), dict(CLUE_CHID_ANSWERS)
+        change(rows[0], answers)
+        write_clue_chid(folder, "train", CLUE_CHID, CLUE_CHID_ANSWERS)
+        write_clue_chid(folder, "dev", rows, answers)
+    msg = evaluate("--model_dir", model_dir, "--data_dir", tmp_path, "--tasks", "chid")
+    assert msg.startswith(f"eval_clue.py: error: {folder / 'dev.json'}: ") and words in msg and "\n" not in msg, msg
+
+
+def test_chid_without_its_answer_file(tmp_path, model_dir):
+    write_clue_chid(tmp_path / "chid_public", "train", CLUE_CHID, CLUE_CHID_ANSWERS)
+    write_jsonl(tmp_path / "chid_public" / "dev.json", CLUE_CHID)
+    msg = evaluate("--model_dir", model_dir, "--data_dir", tmp_path, "--tasks", "chid")
+    assert f"dev.json: CLUE's ChID layout (content is a list of passages) keeps its answers in " \
+           f"{tmp_path / 'chid_public' / 'dev_answer.json'}, which does not exist" in msg
+
+
+def test_context_is_cut_around_the_blank_and_counted(model_dir):
+    assert eval_clue.around_blank(list(range(10)), list(range(100, 150)), 20) == (list(range(10)), list(range(100, 110)), True)
+    assert eval_clue.around_blank(list(range(50)), [100], 20) == (list(range(31, 50)), [100], True)  # the unused room
+    assert eval_clue.around_blank(list(range(50)), list(range(100, 150)), 21) == (list(range(40, 50)), list(range(100, 111)), True)
+    assert eval_clue.around_blank([1, 2], [3], 20) == ([1, 2], [3], False) and eval_clue.around_blank([1], [2], 0)[:2] == ([], [])
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    enc = lambda t: tok.encode(t, add_special_tokens=False).ids  # noqa: E731
+    items = [dict(left=S[1] * 6, right=S[2] * 6, choices=IDIOMS[:3], answer=0, where="f: line 1"),
+             dict(left=S[3] + "#idiom#", right="", choices=IDIOMS[3:5], answer=1, where="f: line 2")]
+    rows, first, n, start, k, cut = eval_clue.cloze_rows(tok, items, 48)
+    assert list(first) == [0, 3] and list(n) == [3, 2] and cut == 1  # the long passage, once for its 3 rows
+    for r, c in enumerate(IDIOMS[:5]):
+        ids = list(rows.ids[r, :rows.lengths[r]])
+        assert ids[0] == 2 and ids[-1] == 3 and ids[start[r]:start[r] + k[r]] == enc(c)  # the candidate, whole, in the blank
+    longest = max(k[:3])
+    for r in range(3):
+        assert rows.lengths[r] == 48 - longest + k[r]  # the same context for each candidate, cut to the longest one's room
+        ids = list(rows.ids[r, :rows.lengths[r]])
+        left, right = ids[1:start[r]], ids[start[r] + k[r]:-1]
+        assert left == enc(S[1] * 6)[-len(left):] and right == enc(S[2] * 6)[:len(right)]  # nearest the blank
+        assert abs(len(left) - len(right)) <= 1
+    ids = list(rows.ids[3, :rows.lengths[3]])  # the other blank: four masks, whatever its answer
+    assert ids[1:start[3]] == enc(S[3]) + [4, 4, 4, 4] and ids[start[3] + k[3]:] == [3]
+    with pytest.raises(Refused, match="f: line 1: a candidate of .* tokens leaves too little room"):
+        eval_clue.cloze_rows(tok, [dict(items[0], choices=[S[0] * 3, "好"])], 16)
+
+
+def test_zero_shot_scores_are_exact_and_independent_of_the_batch(model_dir):
+    """fp32: the log-probability of a candidate's tokens equals the one computed by hand from a full
+    forward pass of its masked row, and is the same bit for bit whether the item is scored alone or
+    among others, whose candidates have other lengths (or the same, sharing its batches)."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    mlm = CMBert.from_pretrained(str(model_dir)).eval()
+    args = argparse.Namespace(device="cpu", autocast=torch.autocast("cpu", enabled=False), progress=False)
+    item = dict(left=S[0], right=S[1], choices=[IDIOMS[0], "好", S[2][:7], IDIOMS[3]], answer=0, where="x")
+    others = [dict(item, left=S[k], right=S[k + 1] * k, choices=IDIOMS[k:k + 5]) for k in range(2, 7)]
+    others.append(dict(item, choices=item["choices"][::-1]))  # the same lengths: shares the item's batches
+    for whole_word in (True, False):
+        alone = eval_clue.cloze_rows(tok, [item], 64)
+        together = eval_clue.cloze_rows(tok, others[:3] + [item] + others[3:], 64)
+        a = eval_clue.candidate_logprob(mlm, alone[0], alone[3], alone[4], whole_word, args, "x")
+        b = eval_clue.candidate_logprob(mlm, together[0], together[3], together[4], whole_word, args, "x")
+        f = together[1][3]
+        assert a.tolist() == b[f:f + 4].tolist()  # bit for bit
+        rows, start, k = alone[0], alone[3], alone[4]
+        for r in range(4):  # by hand
+            ids = torch.tensor(rows.ids[r, :rows.lengths[r]], dtype=torch.long)
+            want = 0.0
+            for group in ([range(start[r], start[r] + k[r])] if whole_word else [[p] for p in range(start[r], start[r] + k[r])]):
+                masked = ids.clone()
+                masked[list(group)] = 4
+                with torch.no_grad():
+                    logp = mlm(masked[None])[0][0].log_softmax(-1)
+                want += sum(float(logp[p, ids[p]]) for p in group)
+            assert a[r] == pytest.approx(want, abs=1e-4), (whole_word, r)
+    assert len(set(map(len, (tok.encode(c, add_special_tokens=False).ids for c in item["choices"])))) > 1
+
+
+def test_chid_fine_tunes_and_scores_zero_shot(tmp_path, model_dir):
+    """The answer is always IDIOMS[0]: fine-tuning learns it (one softmax over 7); chance is 1/7; the
+    zero-shot score sits next to chance and its no-context baseline on the same items, with the cut
+    contexts counted; the CLUE layout runs too; --zero_shot_only fine-tunes nothing."""
+    write_jsonl(tmp_path / "chid_public" / "train.json", chid_items(14, long_every=4))
+    write_jsonl(tmp_path / "chid_public" / "dev.json", chid_items(7, long_every=3))
+    res = evaluate("--model_dir", model_dir, "--data_dir", tmp_path, "--tasks", "chid", "--init", "random", "--epochs", "6",
+                   "--lr", "3e-3", "--batch_size", "4", "--max_len", "64", "--seeds", "1", "--dtype", "float32",
+                   "--out", tmp_path / "r.json", "--save", tmp_path / "saved")["chid"]
+    assert res["final"] == 1.0 and res["baseline"] == pytest.approx(1 / 7) and res["baseline_name"] == "chance"
+    assert res["n_train"] == 14 and res["n_dev"] == 7 and res["contexts_cut"] == dict(train=4, dev=3), res
+    assert "3 of 7 dev (42.9%), 4 of 14 train (28.6%)" in res["notes"]
+    z = res["zero_shot"]
+    assert z["items"] == 7 and z["chance"] == pytest.approx(1 / 7) and z["contexts_cut"] == 3 and z["scoring"] == "word"
+    for length in ("mean", "sum"):
+        assert {"acc", "acc_se", "no_context", "no_context_se", "gain", "gain_se"} <= set(z[length])
+        assert z[length]["gain"] == pytest.approx(z[length]["acc"] - z[length]["no_context"])
+    table = json.loads((tmp_path / "r.json").read_text())["table"]
+    assert "| chid | acc | 1 | 100.00 | 100.00 | chance 14.29 |" in table
+    assert "Zero-shot: the randomly initialised masked LM fills the blank" in table and "| chid | 7 | " in table
+    assert json.loads((tmp_path / "saved" / "chid" / "seed42" / "task.json").read_text())["model_class"] == \
+        "CMBertForMultipleChoice"
+    write_clue_chid(tmp_path / "clue" / "chid_public", "train", CLUE_CHID, CLUE_CHID_ANSWERS)
+    write_clue_chid(tmp_path / "clue" / "chid_public", "dev", CLUE_CHID, CLUE_CHID_ANSWERS)
+    write_jsonl(tmp_path / "clue" / "afqmc_public" / "train.json", [{"sentence1": "好", "sentence2": "坏", "label": "1"}])
+    write_jsonl(tmp_path / "clue" / "afqmc_public" / "dev.json", [{"sentence1": "好", "sentence2": "坏", "label": "1"}])
+    out = tmp_path / "zs.json"
+    res = evaluate("--model_dir", model_dir, "--data_dir", tmp_path / "clue", "--tasks", "all", "--zero_shot_only",
+                   "--mlm_scoring", "token", "--out", out)
+    assert set(res) == {"chid"} and "per_seed" not in res["chid"] and res["chid"]["zero_shot"]["items"] == 4
+    assert res["chid"]["zero_shot"]["chance"] == pytest.approx(0.1) and res["chid"]["zero_shot"]["scoring"] == "token"
+    table = json.loads(out.read_text())["table"]
+    assert table.startswith("Zero-shot: the pre-trained masked LM") and "each token masked in turn" in table
+    assert "--zero_shot_only: afqmc has no zero-shot score (tasks that have one: chid)" in \
+        evaluate("--model_dir", model_dir, "--data_dir", tmp_path / "clue", "--tasks", "afqmc,chid", "--zero_shot_only")
+
+
+def test_a_dev_pass_shows_progress_unless_told_not_to():
+    assert not eval_clue.dev_pass(range(3), argparse.Namespace(progress=True), "tnews").disable
+    assert eval_clue.dev_pass(range(3), argparse.Namespace(progress=False), "tnews").disable

@@ -355,7 +355,7 @@ def test_finalize_names_a_truncated_or_foreign_shard(tmp_path, tiny_data, other_
              (lambda d: (d / f"{train0}.words.bin").write_bytes(bytes(os.path.getsize(tiny_data / f"{train0}.words.bin"))),
               [f"{train0}.bin (with its .words.bin): sha256 ", "damaged, or another dataset's shard"]),
              (lambda d: shutil.copy(other_data / "shards" / "done-000000.json", d / "shards" / "done-000000.json"),
-              ["done-000000.json: ", "not of input file 0"])]
+              ["done-000000.json: ", "not of slice 0"])]
     for k, (damage, needles) in enumerate(cases):
         data = tmp_path / str(k)
         shutil.copytree(tiny_data, data)
@@ -508,6 +508,7 @@ def prepare_settings(tmp):
         (["--bpe_chars", "0"], "--bpe_chars 0: must be >= 1"),
         (["--max_val_tokens", "0"], "--max_val_tokens 0: must be >= 1"),
         (["--shard_tokens", "0"], "--shard_tokens 0: must be >= 1"),
+        (["--slice_bytes", "0"], "--slice_bytes 0: must be >= 1"),
         (["--world", "0", "--step", "encode"], "--world 0: must be >= 1"),
         (["--rank", "2", "--world", "2", "--step", "encode"], "--rank 2: must be in [0, --world)"),
         (["--world", "3"], "--world 3 (given, or from RANK/WORLD_SIZE or Slurm): several machines run the steps one by one"),
@@ -516,7 +517,7 @@ def prepare_settings(tmp):
     ]
 
 
-@pytest.mark.parametrize("case", range(20))
+@pytest.mark.parametrize("case", range(21))
 def test_bad_prepare_setting(tmp_path, corpus_file, case):
     args, message = prepare_settings(tmp_path)[case]
     out = tmp_path / "out"

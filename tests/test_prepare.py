@@ -96,6 +96,57 @@ def test_roundtrip_rare_characters_and_transformers(tiny_data):
     assert pair.ids[0] == prepare.CLS_ID and pair.ids.count(prepare.SEP_ID) == 2
 
 
+def test_token_spans_from_the_ids_are_the_tokenizers_offsets(tiny_data):
+    """The spans token_spans derives from the ids alone (no offsets tracked) are the tokenizer's own
+    offsets: byte fallback, emoji, spaces, full-width forms, a literal ▁, a piece that begins with a
+    space, an empty closing piece. A tokenizer whose ids have no fixed length gets its offsets."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from support.tokens import char_lengths, token_spans
+    spec = json.loads((tiny_data / "tokenizer.json").read_text())
+    spec["added_tokens"] = []
+    texts = [unicodedata.normalize("NFKC", t) for t in ["ＡＢＣ１２３，全角转半角 😀🇨🇳 龘靐𠀋 «引号»", "  两个  空格 ▁ 下划线",
+                                                         "", "e\u0301 ok\t\n换行 [MASK]"]] + make_corpus(30)
+
+    class NoOffsets:  # the fast path alone: asking for offsets fails
+        def __init__(self, tok):
+            self.encode_batch_fast = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    tok = Tokenizer.from_str(json.dumps(spec))
+    want = token_spans(tok, None, texts)
+    got = token_spans(NoOffsets(tok), char_lengths(spec), texts)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want)) and len(want[0]) > 100
+    assert (want[2] < want[3]).all() and (np.diff(want[2]) >= 0).all()
+    spec["pre_tokenizer"]["pretokenizers"][0]["prepend_scheme"] = "always"  # a ▁ the text does not have: offsets
+    tok = Tokenizer.from_str(json.dumps(spec))
+    assert all(np.array_equal(a, b) for a, b in zip(token_spans(tok, char_lengths(spec), texts), token_spans(tok, None, texts)))
+    wordpiece = Tokenizer(models.WordPiece({"[UNK]": 0, "两": 1, "##个": 2}, unk_token="[UNK]"))
+    wordpiece.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert char_lengths(json.loads(wordpiece.to_str())) is None
+
+
+def test_a_worker_holds_a_bounded_part_of_a_document_whatever_its_length(tmp_path, monkeypatch, tiny_data):
+    """One pass over a slice holds a document's first IDENTITY_CHARS characters until its hash is
+    known, then lets it flow: the peak of Python's memory does not grow with the document."""
+    import tracemalloc
+    monkeypatch.setattr(prepare, "READ_BYTES", 4096)
+    monkeypatch.setattr(prepare, "PIECE_CHARS", 2000)
+    monkeypatch.setattr(prepare, "IDENTITY_CHARS", 5000)
+    monkeypatch.setattr(prepare.dataset, "READ_TOKENS", 4096)  # shards are read back in blocks of this
+    prepare.init_worker((tiny_data / "tokenizer.json").read_text(), "rjieba")
+    long_doc, peaks = "".join(make_corpus(2000, seed=4)), []
+    for n in (1, 8):
+        src, out = tmp_path / f"{n}.txt", tmp_path / f"out{n}"
+        src.write_text("\n".join(make_corpus(50) + [long_doc * n] + make_corpus(50, seed=1)) + "\n", encoding="utf-8")
+        (out / "shards").mkdir(parents=True)
+        cfg = dict(out_dir=str(out), val_threshold=0.1, tokenizer_sha256="-", text_field=["text"], encoding="utf-8",
+                   doc_format="line", keep_duplicates=False, shard_tokens=10**8, vocab_size=1024, chunk_chars=5000)
+        tracemalloc.start()
+        record = prepare.encode_slice((0, str(src), {"file": 0}, None, cfg))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert record["stats"]["chars"] > n * len(long_doc) and record["document_tokens"]["train"]["longest"] > n * 20000
+    assert peaks[1] < 1.2 * peaks[0] and peaks[1] < 8 * len(long_doc), peaks  # the document as a str: 2 bytes a character
+
+
 def test_literal_special_token_text_is_not_special(tmp_path):
     src = tmp_path / "c.txt"
     src.write_text("\n".join(make_corpus(50)) + "\n这里写着[MASK]和[CLS]两个字符串。\n", encoding="utf-8")
