@@ -9,11 +9,15 @@ Benchmarks, each measured side by side with its reference in one run:
                                 # train.py's start-up (a 2-step run) on datasets of ~10M, ~100M and
                                 # >= 2B tokens: time and peak memory against corpus size
     python bench.py model       # a CMBert training step vs transformers' ModernBertForMaskedLM
+    python bench.py gpu --out gpu.json
+                                # the first minutes on a GPU: every attention backend against the
+                                # exact rule, compiled = eager, then speed vs ModernBERT and MFU;
+                                # one JSON, exit status 1 where a check fails
     python bench.py finetune    # a CLUE fine-tuning step (WSC-sized batch): eval_clue.py before vs now
     python bench.py masking     # whole-word masking vs transformers' DataCollatorForLanguageModeling
                                 # (needs data/default from prepare.py)
 """
-import json, math, os, shutil, subprocess, sys, tempfile, time, unicodedata
+import argparse, json, math, os, shutil, subprocess, sys, tempfile, time, unicodedata
 
 import torch
 
@@ -306,15 +310,17 @@ def packed_cu_seqlens(B, T, mean=400, seed=0):
     return torch.unique(torch.cat([torch.zeros(1, dtype=torch.long), inner[inner < B * T], torch.arange(1, B + 1) * T]))
 
 
-def make_step(which, model, opt, B, T, vocab, device, packed=False):
+def make_step(which, model, opt, B, T, vocab, device, packed=False, dtype="float32"):
     """One training step on a fixed random batch, 30% of tokens labelled. packed=True feeds the
-    rows as packed documents (cu_seqlens, CMBert only); otherwise one full document per row."""
+    rows as packed documents (cu_seqlens, CMBert only); otherwise one full document per row. bf16
+    autocast on CUDA (and on a CPU when dtype says so), as train.py trains."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, vocab, (B, T), generator=g).to(device)
     labels = torch.where(torch.rand(B, T, generator=g) < 0.3, torch.randint(5, vocab, (B, T), generator=g), -100).to(device)
     mask = torch.ones_like(ids)
     cu = packed_cu_seqlens(B, T).to(device) if packed else None
-    autocast = torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda")
+    autocast = torch.autocast(torch.device(device).type, torch.bfloat16,
+                              enabled=device == "cuda" or dtype == "bfloat16")
 
     def step():
         with autocast:
@@ -340,9 +346,13 @@ def peak_child(which, B, T):
     print(json.dumps({"peak_mb": rss_mb("VmHWM:") - base}))
 
 
-def matmul_flops(device, n=8192, reps=20):
-    """The bf16 matmul rate this GPU actually reaches (n x n x n products): the MFU denominator."""
-    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+def matmul_flops(device, dtype, n=8192, reps=20):
+    """The matmul rate this device actually reaches in `dtype` (n x n x n products on a GPU; on a
+    CPU, runtime's measurement): the second MFU denominator, beside the datasheet's."""
+    if torch.device(device).type != "cuda":
+        from support.runtime import device_peak_flops
+        return device_peak_flops(device, dtype)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     for _ in range(3):
         a @ b
     torch.cuda.synchronize()
@@ -353,61 +363,296 @@ def matmul_flops(device, n=8192, reps=20):
     return reps * 2 * n ** 3 / (time.perf_counter() - t)
 
 
-def gpu_runs():
-    """(label, which, attention backend, compiled, packed) for every configuration the GPU table has."""
+def backends_here(device):
+    """{attention backend: None if it can run here, else why not}."""
     from cmbert import flash_attn_available
+    here = {"torch": None}
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+        here["flex"] = None
+    except ImportError:
+        here["flex"] = f"torch {torch.__version__} has no FlexAttention"
+    here["flash"] = None if flash_attn_available() and device == "cuda" else "flash-attn is not installed or there is no CUDA device"
+    return here
+
+
+def dense_attention(q, k, v, doc, half):
+    """The rule spelt out, in fp32: query i attends to key j iff both are in the same document (doc
+    ids; -1 = padding, which sees padding) and, in a local layer, |i - j| <= half. q, k, v: (B, T, H, D)."""
+    T = q.shape[1]
+    i = torch.arange(T, device=q.device)
+    allowed = doc[:, :, None] == doc[:, None, :]
+    if half is not None:
+        allowed = allowed & ((i[:, None] - i[None, :]).abs() <= half)
+    scores = torch.einsum("bihd,bjhd->bhij", q.float(), k.float()) / q.shape[-1] ** 0.5
+    return torch.einsum("bhij,bjhd->bihd", scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1), v.float())
+
+
+def check_inputs(B, T, vocab, device, packed, seed=0):
+    """A batch of B x T tokens, 30% labelled: packed documents (cu_seqlens), or one document per row
+    with the second row half padding (attention_mask)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (B, T), generator=g)
+    labels = torch.where(torch.rand(B, T, generator=g) < 0.3, ids, -100)
+    if packed:
+        return dict(input_ids=ids.to(device), labels=labels.to(device), cu_seqlens=packed_cu_seqlens(B, T).to(device))
+    mask = torch.ones_like(ids)
+    mask[1:, T // 2:] = 0
+    return dict(input_ids=ids.to(device), labels=torch.where(mask.bool(), labels, -100).to(device),
+                attention_mask=mask.to(device))
+
+
+TOLERANCE = {  # relative errors allowed: the kernels differ only in the order and precision of their sums
+    "float32": dict(kernel=2e-3, loss=1e-4, grad=1e-3),
+    "bfloat16": dict(kernel=3e-2, loss=1e-2, grad=5e-2),
+}
+
+
+def kernel_checks(device, dtype, B, T, here):
+    """Each attention backend's output against dense_attention, on packed and padded rows, in local
+    (window 128) and global layers: the layouts come from the model's own Encoder.layout."""
+    import warnings
+    from cmbert import Encoder, attention, config_from_preset
+    out = []
+    tol = TOLERANCE[dtype]["kernel"]
+    for backend, why_not in here.items():
+        for packed in (True, False):
+            for window in (128, None):
+                name = f"attention {backend} {'packed' if packed else 'padded'} {'local' if window else 'global'}"
+                if backend == "flash" and dtype != "bfloat16":
+                    why_not = why_not or "flash-attn computes in fp16 or bf16 only"
+                if why_not:
+                    out.append(dict(check=name, ok=None, skipped=why_not))
+                    continue
+                try:
+                    enc = Encoder(config_from_preset("tiny", vocab_size=1024, attn_backend=backend)).to(device)
+                    x = check_inputs(B, T, 1024, device, packed)
+                    autocast = torch.autocast(torch.device(device).type, torch.bfloat16, enabled=dtype == "bfloat16")
+                    with autocast:
+                        lay = enc.layout(x["input_ids"], x.get("attention_mask"), x.get("cu_seqlens"))
+                    g = torch.Generator(device=device).manual_seed(1)
+                    q, k, v = (torch.randn(B, T, 4, 64, device=device, generator=g).to(torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+                               for _ in range(3))
+                    with torch.no_grad(), warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # flex without torch.compile on a CPU says it is slow
+                        if lay.backend == "flash":
+                            flat = [t.flatten(0, 1)[lay.keep] for t in (q, k, v)]
+                            y = torch.zeros(B * T, 4, 64, device=device, dtype=q.dtype)
+                            y[lay.keep] = attention(*flat, lay, window, 0.0)
+                            y = y.view(B, T, 4, 64)
+                        else:
+                            y = attention(q, k, v, lay, window, 0.0)
+                        ref = dense_attention(q, k, v, lay.doc, window // 2 if window else None)
+                    valid = lay.doc >= 0
+                    err = ((y.float() - ref)[valid].abs().max() / ref[valid].abs().max()).item()
+                    out.append(dict(check=name, error=err, tolerance=tol, ok=err <= tol))
+                except Exception as e:
+                    out.append(dict(check=name, ok=False, failed=one_line_of(e)))
+    return out
+
+
+def one_line_of(e):
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+
+
+def loss_and_grads(model, x, dtype, device):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=dtype == "bfloat16"):
+        _, loss = model(**x, reduction="sum")
+    loss.backward()
+    return loss.detach().float(), [p.grad.detach().float().clone() for p in model.parameters() if p.grad is not None]
+
+
+def differences(a, b):
+    """Relative differences of two (loss, grads): of the loss, and of all gradients as one vector."""
+    (la, ga), (lb, gb) = a, b
+    num = sum(((x - y) ** 2).sum() for x, y in zip(ga, gb)) ** 0.5
+    den = sum((y ** 2).sum() for y in gb) ** 0.5
+    return (abs(la - lb) / abs(lb)).item(), (num / den).item()
+
+
+def model_checks(device, dtype, B, T, here, compile_backend):
+    """The whole training step's loss and gradients (the default RMSNorm model, the tiny preset's
+    shape with a 1,024-token vocabulary): each
+    backend eager against the torch backend eager (the reference), and each backend compiled
+    (runtime.wrap, as train.py compiles) against itself eager. And whether the same step twice gives
+    bitwise the same gradients, eager and compiled: not a failure where it does not, but it says
+    whether a resumed run can continue bitwise on this device."""
+    from cmbert import CMBert, config_from_preset
+    from support.runtime import Processes, flex_trains_on, wrap
+    tol = TOLERANCE[dtype]
+    out, repeatable = [], {}
+    torch.manual_seed(0)
+    small = dict(vocab_size=1024)  # the vocabulary is not what is checked: a small one is quicker on a CPU
+    base = CMBert(config_from_preset("tiny", attn_backend="torch", **small)).to(device)
+    for packed in (True, False):
+        x = check_inputs(B, T, base.cfg.vocab_size, device, packed)
+        kind = "packed" if packed else "padded"
+        reference = loss_and_grads(base, x, dtype, device)
+        if packed:
+            repeatable["torch eager"] = same_gradients(reference, loss_and_grads(base, x, dtype, device))
+        for backend, why_not in here.items():
+            if not why_not and backend == "flex" and not flex_trains_on(device):
+                why_not = f"torch {torch.__version__}: FlexAttention has no backward pass on {device}"
+            if backend == "flash" and dtype != "bfloat16":
+                why_not = why_not or "flash-attn computes in fp16 or bf16 only"
+            for compiled in ((False, True) if backend != "torch" else (True,)):  # torch eager is the reference
+                name = f"model {backend}{' compiled' if compiled else ''} {kind}"
+                if why_not or (compiled and compile_backend == "none"):
+                    out.append(dict(check=name, ok=None, skipped=why_not or "--compile_backend none"))
+                    continue
+                try:
+                    torch._dynamo.reset()
+                    model = CMBert(config_from_preset("tiny", attn_backend=backend, **small)).to(device)
+                    model.load_state_dict(base.state_dict())
+                    against = loss_and_grads(model, x, dtype, device) if compiled else reference
+                    if compiled:
+                        model = wrap(model, True, Processes(device=device), backend=compile_backend)
+                    got = loss_and_grads(model, x, dtype, device)
+                    d_loss, d_grad = differences(got, against)
+                    out.append(dict(check=name, loss_error=d_loss, grad_error=d_grad, tolerance=tol,
+                                    ok=d_loss <= tol["loss"] and d_grad <= tol["grad"],
+                                    against=f"{backend} eager" if compiled else "torch eager"))
+                    if backend == "torch" and packed:
+                        repeatable["torch compiled"] = same_gradients(got, loss_and_grads(model, x, dtype, device))
+                except Exception as e:
+                    out.append(dict(check=name, ok=False, failed=one_line_of(e)))
+    torch._dynamo.reset()
+    return out, repeatable
+
+
+def same_gradients(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+
+
+def gpu_runs(here):
+    """(label, which, attention backend, compiled, packed) for every configuration the speed table has."""
     runs = []
-    for backend in ["torch", "flex"] + (["flash"] if flash_attn_available() else []):
+    for backend in [b for b, why_not in here.items() if not why_not]:
         for compiled in ([False, True] if backend != "flex" else [True]):  # flex is only fast compiled
             for packed in (False, True):
-                label = f"cmbert {backend}{' compiled' if compiled else ''}{', packed' if packed else ''}"
+                label = f"cmbert {backend}{' compiled' if compiled else ''}{' packed' if packed else ''}"
                 runs.append((label, "cmbert", backend, compiled, packed))
-    for attn in ["sdpa"] + (["flash_attention_2"] if flash_attn_available() else []):
+    from cmbert import flash_attn_available
+    for attn in ["sdpa"] + (["flash_attention_2"] if here["flash"] is None and flash_attn_available() else []):
         runs.append((f"ModernBERT {attn}", "modernbert", attn, False, False))
     return runs
 
 
-def bench_model_gpu(args, device="cuda", preset="base", shapes=((16, 1024), (2, 8192))):
-    """base preset, bf16 autocast, full training step: cmbert (each backend, eager and compiled, full
-    rows and packed documents) against transformers' ModernBERT, one process, same shapes."""
-    from support.runtime import compile_seconds
-    peak = matmul_flops(device)
-    print(f"measured bf16 matmul rate (8192^3): {peak / 1e12:.0f} TFLOP/s (the MFU denominator)")
-    print(f"{preset} preset, bf16 autocast, fused AdamW, 30% labelled, {args.steps} timed steps after 3 warm-up; "
-          f"packed = documents of mean ~400 tokens")
-    print(f"{'':38s} {'B x T':>9s} {'tok/s':>10s} {'MFU':>6s} {'peak GB':>8s} {'compile s':>10s} {'vs ModernBERT':>14s}")
-    for B, T in shapes:
-        rows = []
-        for label, which, backend, compiled, packed in gpu_runs():
+def speed_rows(args, device, dtype, here, peak_measured, peak_datasheet):
+    """A full training step (forward, backward, AdamW) of the preset: cmbert (each backend, eager and
+    compiled, full rows and packed documents) against transformers' ModernBERT, same shapes."""
+    from support.runtime import Processes, compile_seconds, flex_trains_on, wrap
+    cuda = torch.device(device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    rows = []
+    for B, T in args.shapes:
+        shape_rows = []
+        for label, which, backend, compiled, packed in gpu_runs(here):
             if args.only and not any(o in label for o in args.only.split(",")):
                 continue
-            torch._dynamo.reset()
-            torch.cuda.empty_cache()
-            model, cfg, opt = build(which, preset, device, backend if which == "cmbert" else "torch",
-                                    hf_attn=backend if which == "modernbert" else "sdpa")
-            if compiled:
-                model = torch.compile(model)
-            step = make_step(which, model, opt, B, T, cfg.vocab_size, device, packed)
-            c0 = compile_seconds()
-            for _ in range(3):
-                step()
-            torch.cuda.synchronize()
-            c = compile_seconds() - c0
-            torch.cuda.reset_peak_memory_stats()
-            t = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            torch.cuda.synchronize()
-            tok_s = B * T * args.steps / (time.perf_counter() - t)
-            flops = (model._orig_mod if compiled else model).flops_per_token(T) if which == "cmbert" else None
-            rows.append((label, tok_s, flops, torch.cuda.max_memory_allocated() / 2**30, c))
-            del model, opt, step
-        ref = next((r[1] for r in rows if r[0] == "ModernBERT sdpa"), None)
-        flops = next((r[2] for r in rows if r[2]), None)  # the same model, so the same FLOPs per token
-        for label, tok_s, _, mem, c in rows:
-            mfu = flops * tok_s / peak if flops else float("nan")
-            print(f"{label:38s} {f'{B} x {T}':>9s} {tok_s:10,.0f} {mfu:6.1%} {mem:8.1f} {c:10.0f} "
-                  f"{tok_s / ref if ref else float('nan'):13.2f}x")
+            if which == "cmbert" and backend == "flex" and not flex_trains_on(device):
+                continue
+            row = dict(label=label, B=B, T=T)
+            try:
+                torch._dynamo.reset()
+                if cuda:
+                    torch.cuda.empty_cache()
+                model, cfg, opt = build(which, args.preset, device, backend if which == "cmbert" else "torch",
+                                        hf_attn=backend if which == "modernbert" else "sdpa")
+                flops = model.flops_per_token(T) if which == "cmbert" else None
+                if compiled:
+                    model = wrap(model, True, Processes(device=device), backend=args.compile_backend)
+                step = make_step(which, model, opt, B, T, cfg.vocab_size, device, packed, dtype)
+                c0 = compile_seconds()
+                for _ in range(args.warmup):
+                    step()
+                sync()
+                row["compile_s"] = compile_seconds() - c0
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                c0, t = compile_seconds(), time.perf_counter()
+                for _ in range(args.steps):
+                    step()
+                sync()
+                row["tok_s"] = B * T * args.steps / (time.perf_counter() - t)
+                row["compile_s_timed"] = compile_seconds() - c0  # > 0: it recompiled while timed (then tok_s is low)
+                row["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+                row["flops_per_token"] = flops
+                del model, opt, step
+            except Exception as e:
+                row["failed"] = one_line_of(e)
+            shape_rows.append(row)
+        ref = next((r.get("tok_s") for r in shape_rows if r["label"] == "ModernBERT sdpa"), None)
+        flops = next((r["flops_per_token"] for r in shape_rows if r.get("flops_per_token")), None)  # the same model
+        for r in shape_rows:
+            if "tok_s" in r:
+                r["flops_per_token"] = flops
+                r["mfu"] = flops * r["tok_s"] / peak_datasheet if flops and peak_datasheet else None
+                r["mfu_measured"] = flops * r["tok_s"] / peak_measured if flops and peak_measured else None
+                r["vs_modernbert"] = r["tok_s"] / ref if ref else None
+        rows += shape_rows
+    return rows
+
+
+def bench_gpu(args):
+    """The first minutes on a GPU, one command: is every attention backend the exact rule, is the
+    compiled step the eager one, how fast against transformers' ModernBERT and at what MFU. One JSON
+    (--out); a check that fails is one line and exit status 1, after the JSON is written."""
+    from support.errors import Refused
+    from support.files import write_json
+    from support.runtime import device_peak_flops, pick_device, resolve_dtype
+    device = pick_device(args.device)
+    dtype = resolve_dtype(device, args.dtype)
+    here = backends_here(device)
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
+    print(f"device: {name}, torch {torch.__version__}, {dtype}; attention backends: "
+          + ", ".join(f"{b}" + (f" (not here: {w})" if w else "") for b, w in here.items()))
+    B, T = args.check_shape
+    checks = kernel_checks(device, dtype, B, T, here)
+    more, repeatable = model_checks(device, dtype, B, T, here, args.compile_backend)
+    checks += more
+    for c in checks:
+        verdict = "skipped: " + c["skipped"] if c["ok"] is None else "ok" if c["ok"] else "FAILED"
+        detail = c.get("failed") or (f"error {c['error']:.1e}" if "error" in c else
+                                     f"loss {c['loss_error']:.1e}, gradients {c['grad_error']:.1e}" if "loss_error" in c else "")
+        print(f"{c['check']:40s} {detail:40s} {verdict}")
+    for what, same in repeatable.items():
+        print(f"{what}: the same step twice gives {'bitwise the same' if same else 'other'} gradients")
+    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    peak_measured = matmul_flops(device, torch_dtype) if args.steps else None
+    peak_datasheet = device_peak_flops(device, torch_dtype) if device.startswith("cuda") else None
+    rows = speed_rows(args, device, dtype, here, peak_measured, peak_datasheet) if args.steps else []
+    if rows:
+        print(f"{args.preset} preset, {dtype}, AdamW, 30% labelled, {args.steps} timed steps after {args.warmup} warm-up; packed = "
+              f"documents of mean ~400 tokens; MFU against the datasheet peak"
+              f"{f' ({peak_datasheet / 1e12:.0f} TFLOP/s)' if peak_datasheet else ' (none for this device)'} and against "
+              f"the measured matmul rate ({peak_measured / 1e12:.1f} TFLOP/s)")
+        print(f"{'':34s} {'B x T':>9s} {'tok/s':>10s} {'MFU':>6s} {'MFU m.':>7s} {'peak GB':>8s} {'compile s':>10s} "
+              f"{'vs ModernBERT':>14s}")
+        fmt = lambda v, f: format(v, f) if v is not None else "n/a"  # noqa: E731
+        for r in rows:
+            shape = f"{r['B']} x {r['T']}"
+            if "failed" in r:
+                print(f"{r['label']:34s} {shape:>9s} FAILED: {r['failed']}")
+                continue
+            print(f"{r['label']:34s} {shape:>9s} {r['tok_s']:10,.0f} {fmt(r['mfu'], '6.1%'):>6s} "
+                  f"{fmt(r['mfu_measured'], '7.1%'):>7s} {fmt(r['peak_gb'], '8.1f'):>8s} {r['compile_s']:10.0f} "
+                  f"{fmt(r['vs_modernbert'], '13.2f')}x" + ("  (recompiled while timed)" if r["compile_s_timed"] else ""))
+    failed = [c for c in checks if c["ok"] is False] + [r for r in rows if "failed" in r]
+    report = dict(device=name, torch=torch.__version__, dtype=dtype, preset=args.preset, check_shape=[B, T],
+                  compile_backend=args.compile_backend, backends={b: w or "available" for b, w in here.items()},
+                  ok=not failed, checks=checks, bitwise_repeatable=repeatable, peak_flops_datasheet=peak_datasheet,
+                  peak_flops_measured=peak_measured, rows=rows)
+    if args.out:
+        write_json(args.out, report)
+        print(f"wrote {args.out}")
+    if failed:
+        first = failed[0]
+        raise Refused(f"bench.py: error: {first.get('check') or first.get('label')} failed "
+                      f"({first.get('failed') or 'beyond its tolerance'}); {len(failed)} of "
+                      f"{len(checks) + len(rows)} checks and rows failed" + (f", see {args.out}" if args.out else ""))
+    return report
 
 
 def bench_model(args):
@@ -416,7 +661,7 @@ def bench_model(args):
     print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else f'cpu, {torch.get_num_threads()} threads'}, "
           f"torch {torch.__version__}")
     if device == "cuda":
-        return bench_model_gpu(args)
+        return bench_gpu(args)
     rows = []
     for B, T in [(4, 1024), (1, 8192)]:
         built = {w: build(w, "tiny", "cpu") for w in ["cmbert", "modernbert"]}
@@ -608,17 +853,31 @@ def bench_masking(args):
           f"({t_data / t_step:.1%})")
 
 
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_peak":
-        peak_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
-        sys.exit()
+def shapes(text):
+    """"16x1024,2x8192" -> [(16, 1024), (2, 8192)]."""
+    try:
+        return [tuple(int(n) for n in part.split("x")) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: shapes are BxT, comma-separated (16x1024,2x8192)")
+
+
+def main(argv=None):
     from support.settings import ArgParser
     p = ArgParser("bench.py", __doc__, epilog=__doc__.strip().split("\n\n", 1)[1])
-    p.add_argument("what", choices=["prepare", "startup", "model", "finetune", "masking"])
+    p.add_argument("what", choices=["prepare", "startup", "model", "gpu", "finetune", "masking"])
     p.add_argument("--data_dir", default="data/default")
     p.add_argument("--workers", type=int, default=os.cpu_count())
-    p.add_argument("--steps", type=int, default=5, help="timed training steps per model and shape")
-    p.add_argument("--only", default="", help="model: GPU rows whose label contains one of these (comma-separated)")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps per model and shape (gpu: 0 = checks only)")
+    p.add_argument("--warmup", type=int, default=3, help="gpu: untimed steps before the timed ones (compiling)")
+    p.add_argument("--only", default="", help="gpu: speed rows whose label contains one of these (comma-separated)")
+    p.add_argument("--out", default="gpu.json", help="gpu: the JSON report")
+    p.add_argument("--device", default="auto", help="gpu: cuda, cuda:N, cpu (the checks and the table on a CPU)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="gpu: as train.py's --dtype")
+    p.add_argument("--preset", default="base", help="gpu: the model of the speed table (the checks use tiny)")
+    p.add_argument("--shapes", type=shapes, default="16x1024,2x8192", help="gpu: B x T of the speed table")
+    p.add_argument("--check_shape", type=lambda t: shapes(t)[0], default="2x1024", help="gpu: B x T of the checks")
+    p.add_argument("--compile_backend", default="inductor",
+                   help="gpu: torch.compile's backend for the compiled checks and rows (none: skip them)")
     p.add_argument("--input", nargs="+", help="prepare, startup: the corpus (files, directories or globs)")
     p.add_argument("--text_field", default="text", help="prepare, startup: prepare.py's --text_field")
     p.add_argument("--text_bytes", type=float, default=1e7, help="prepare: bytes of the corpus' text the parts are timed on")
@@ -628,10 +887,17 @@ if __name__ == "__main__":
     p.add_argument("--workers_list", default="1,2", help="prepare: worker counts of the encode step on the big file")
     p.add_argument("--sizes", default="1e7,1e8,2e9", help="startup: training tokens of the datasets (about)")
     p.add_argument("--bench_dir", default="data/bench", help="prepare, startup: where inputs and datasets are built")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.what == "startup" and not args.input:
         p.error("startup needs --input: the corpus the datasets are made of (and --text_field for JSON)")
     args.workers_list = [int(w) for w in args.workers_list.split(",")]
     args.sizes = [int(float(x)) for x in args.sizes.split(",")]
-    {"prepare": bench_prepare, "startup": bench_startup, "model": bench_model, "finetune": bench_finetune,
-     "masking": bench_masking}[args.what](args)
+    return {"prepare": bench_prepare, "startup": bench_startup, "model": bench_model, "gpu": bench_gpu,
+            "finetune": bench_finetune, "masking": bench_masking}[args.what](args)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_peak":
+        peak_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        sys.exit()
+    main()

@@ -75,6 +75,7 @@ class TrainConfig:
     resume: bool = False
     demo: bool = True                # fill-mask examples at the end
     progress: bool = True            # tqdm bar
+    tracker: str = ""                # also send log.jsonl's rows to "tensorboard" or "wandb" (pip install it; docs/training.md)
 
 
 # ------------------------------------------------------------------------------------------
@@ -414,9 +415,10 @@ def main(argv=None):
         if procs.master else None
     log_path, code = os.path.join(cfg.out_dir, "log.jsonl"), runtime.code_version()
     if procs.master:
-        run_files.start_log(log_path, step if ckpt is not None else None, code, run_files.settings_row(cfg))
-        if ckpt is not None:  # repair: model files newer than ckpt.pt (a kill between the two) are rewritten
-            run_files.export_model(cfg, raw_model, meta)
+        run_files.start_log(log_path, step if ckpt is not None else None, code, run_files.settings_row(cfg),
+                            tracker=cfg.tracker)
+        if ckpt is not None:  # repair: model files that are not those written with ckpt.pt are rewritten
+            run_files.repair_model_files(cfg, raw_model, meta, ckpt)
         print(f"model: {raw_model.num_params() / 1e6:.2f}M parameters ({raw_model.num_params(False) / 1e6:.2f}M "
               f"without embeddings), {mcfg.n_layer} layers x {mcfg.n_embd}; data: {meta['train_tokens']:,} "
               f"train tokens; {procs.world} process(es) on {procs.device}, {cfg.dtype}")
@@ -477,6 +479,7 @@ def main(argv=None):
             plot_run(log_path, os.path.join(cfg.out_dir, "train.png"))
     bar.close()
     if procs.master:
+        run_files.close_log(log_path)  # the tracker, if any, has every row
         run_files.print_summary(step, tokens_seen, time.time() - t_start, results, long_results, T_eval, T_long, cfg.out_dir)
         if cfg.demo:
             demo(raw_model, os.path.join(cfg.data_dir, "tokenizer.json"), procs.device)

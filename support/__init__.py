@@ -15,6 +15,7 @@ import these modules; a module here imports only its neighbours, never a file ab
     dataset.py       the prepared dataset on disk (shards, done records, manifest): written by
                      prepare.py, checked and read by train.py
     run_files.py     a training run's directory: checkpoint, model folder, log, what a run prints
+    trackers.py      the log also sent to TensorBoard or Weights & Biases (train.py --tracker), optional
     plots.py         train.png and the comparison of several runs, drawn from their logs
     figures.py       how the method's figures are drawn (plot.py draws what they show): a font for
                      Chinese, a colour-blind-safe palette, PNGs that are the same bytes every time

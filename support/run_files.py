@@ -9,6 +9,8 @@ foreign file:
     tokenizer.json
     log.jsonl           one JSON row per step and per evaluation; the first row says which code ran
     train.png           the curves
+    tracker.json        with --tracker (trackers.py): the W&B run id, how far TensorBoard's events
+    events.out.tfevents.*, wandb/   are complete; the tracker's own files
 
 Every file is written by an atomic rename (files.py); ckpt.pt is read as data only (weights_only:
 a crafted file cannot run code) and refused in one line when it is damaged, foreign or of another
@@ -19,11 +21,12 @@ import dataclasses, glob, json, os, tempfile
 import torch
 from tqdm import tqdm
 
+from . import trackers
 from .errors import Refused, why
-from .files import atomic_path, copy_file
+from .files import atomic_path, copy_file, sha256
 
 CKPT_FORMAT = 3  # the layout of ckpt.pt (3: the dataset fingerprint, the embedding's own optimiser group); older ones are refused
-RUN_FILES = ["ckpt.pt", "model.safetensors", "config.json", "tokenizer.json", "log.jsonl", "train.png"]
+RUN_FILES = ["ckpt.pt", "model.safetensors", "config.json", "tokenizer.json", "log.jsonl", "train.png", "tracker.json"]
 FROM_COMMAND_LINE = {"data_dir", "out_dir", "device", "resume"}  # never taken from a checkpoint
 
 
@@ -122,19 +125,46 @@ def restore_checkpoint(ckpt, path, model, optimizer):
     return ckpt["step"]
 
 
-def export_model(cfg, model, meta):
+MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json")
+
+
+def export_model(cfg, model, meta, weights=True, tokenizer=True):
     """The model directory: tokenizer.json, model.safetensors and config.json (which records the
-    tokenizer's sha256, so whoever loads the model can check the two belong together)."""
-    copy_file(os.path.join(cfg.data_dir, "tokenizer.json"), os.path.join(cfg.out_dir, "tokenizer.json"))
-    model.save_pretrained(cfg.out_dir, extra_config=dict(tokenizer_sha256=meta["tokenizer_sha256"]))
+    tokenizer's sha256, so whoever loads the model can check the two belong together). Returns the
+    sha256 of each of the three files."""
+    if tokenizer:
+        copy_file(os.path.join(cfg.data_dir, "tokenizer.json"), os.path.join(cfg.out_dir, "tokenizer.json"))
+    if weights:
+        model.save_pretrained(cfg.out_dir, extra_config=dict(tokenizer_sha256=meta["tokenizer_sha256"]))
+    return {name: sha256(os.path.join(cfg.out_dir, name)) for name in MODEL_FILES}
+
+
+def repair_model_files(cfg, model, meta, ckpt):
+    """A resume rewrites only the model files that are not those written with ckpt.pt (a kill between
+    the model files and ckpt.pt leaves them one checkpoint newer; a checkpoint copied alone has none).
+    ckpt.pt records the sha256 of each file written with it, so the check reads the files but writes
+    nothing when they match: a finished run resumes on a full disk. A checkpoint without the record
+    (an older train.py) has every file rewritten."""
+    recorded = ckpt.get("model_files") if isinstance(ckpt.get("model_files"), dict) else {}
+
+    def stale(name):
+        path = os.path.join(cfg.out_dir, name)
+        return not (os.path.isfile(path) and recorded.get(name) == sha256(path))
+    weights, tokenizer = stale("model.safetensors") or stale("config.json"), stale("tokenizer.json")
+    if weights or tokenizer:
+        export_model(cfg, model, meta, weights, tokenizer)
+        names = [n for n, redo in zip(MODEL_FILES, (weights, weights, tokenizer)) if redo]
+        print(f"resume: rewrote {', '.join(names)} from ckpt.pt of step {ckpt['step']} (not the files written with it)")
 
 
 def save_checkpoint(cfg, model, optimizer, step, mcfg, meta, code):
     """One checkpoint = the model directory, then ckpt.pt, each file by an atomic rename. A kill in
     between leaves model files one checkpoint newer than ckpt.pt, never older, each of them whole
     and of the same step: nothing scores stale weights, and --resume rewrites the model files from
-    ckpt.pt before training on (to bitwise the same weights). A full disk or a read-only directory is
-    one line; the temporary file is removed and the previous ckpt.pt stays as it was."""
+    ckpt.pt before training on (to bitwise the same weights): ckpt.pt records the sha256 of the files
+    written with it (repair_model_files). The run's tracker, if any, is flushed before ckpt.pt. A
+    full disk or a read-only directory is one line; the temporary file is removed and the previous
+    ckpt.pt stays as it was."""
     path = os.path.join(cfg.out_dir, "ckpt.pt")
     state = dict(format_version=CKPT_FORMAT, model=model.state_dict_clean(), optimizer=optimizer.state_dict(),
                  step=step, config=dataclasses.asdict(cfg), model_config=dataclasses.asdict(mcfg),
@@ -142,7 +172,10 @@ def save_checkpoint(cfg, model, optimizer, step, mcfg, meta, code):
                  rng=dict(torch=torch.get_rng_state(),
                           cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None))
     try:
-        export_model(cfg, model, meta)
+        state["model_files"] = export_model(cfg, model, meta)
+        tracker = _TRACKERS.get(os.path.join(cfg.out_dir, "log.jsonl"))
+        if tracker is not None:
+            tracker.checkpoint(cfg.out_dir, step)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(state, f)
     except Exception as e:
@@ -155,12 +188,15 @@ def save_checkpoint(cfg, model, optimizer, step, mcfg, meta, code):
 
 def rewrite_log(path, step):
     """Keep log.jsonl up to `step` (None: start it empty), by an atomic rewrite, so a resumed run's
-    log reads as one run and a kill mid-rewrite leaves the old log. A torn last line (a kill or a
-    full disk mid-append) is dropped; a damaged line elsewhere is reported."""
-    kept = []
+    log reads as one run and a kill mid-rewrite leaves the old log; a log that already ends there
+    is left as it is (nothing written: a finished run resumes on a full disk). A torn last line (a
+    kill or a full disk mid-append) is dropped; a damaged line elsewhere is reported. Returns the
+    rows kept."""
+    kept, rows, text = [], [], None
     if step is not None and os.path.exists(path):
         with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().split("\n")
+            text = f.read()
+        lines = text.split("\n")
         for i, line in enumerate(lines):
             try:
                 row = json.loads(line)
@@ -172,16 +208,32 @@ def rewrite_log(path, step):
                 raise Refused(f"{path}: line {i + 1} is not a log row (damaged; remove the line or the file)")
             if row["step"] <= step:
                 kept.append(line + "\n")
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(kept)
+                rows.append(row)
+    if "".join(kept) != text:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+    return rows
+
+
+_TRACKERS = {}  # log.jsonl's path -> the tracker that receives its rows (trackers.py), on the master process
 
 
 def append_log(path, row):
+    """One row at the end of log.jsonl, and the same row to the run's tracker, if it has one."""
     try:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
     except OSError as e:
         raise Refused(f"{path}: cannot append ({why(e)}); resume from the last checkpoint with --resume=True")
+    if path in _TRACKERS:
+        _TRACKERS[path].log(row)
+
+
+def close_log(path):
+    """The end of a run: its tracker, if any, is flushed and closed."""
+    tracker = _TRACKERS.pop(path, None)
+    if tracker is not None:
+        tracker.close()
 
 
 def describe(r, what):
@@ -239,16 +291,22 @@ def print_plan(plan, grad_accum, world):
 def settings_row(cfg):
     """The settings that define how a run trains (not where its files are, nor how it reports; the
     checkpoint records which data it trained on)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data_dir", "out_dir", "resume", "progress", "demo")}
+    return {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in ("data_dir", "out_dir", "resume", "progress", "demo", "tracker")}
 
 
-def start_log(path, step, code, config):
+def start_log(path, step, code, config, tracker=""):
     """A fresh run starts log.jsonl with a row saying which code ran with which settings (plot.py
     labels runs by how their settings differ); a resumed run keeps the rows up to its checkpoint's
-    step (rewrite_log)."""
-    rewrite_log(path, step)
+    step (rewrite_log). With a tracker (trackers.py), the rows the log holds and every row appended
+    later also go there."""
+    rows = rewrite_log(path, step)
     if step is None:
-        append_log(path, dict(step=0, code=code, config=config))
+        trackers.forget(os.path.dirname(path))
+        rows = [dict(step=0, code=code, config=config)]
+        append_log(path, rows[0])
+    if tracker:
+        _TRACKERS[path] = trackers.start(tracker, os.path.dirname(path), rows, step)
 
 
 def print_summary(step, tokens, seconds, results, long_results, near, longest, out_dir):

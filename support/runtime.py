@@ -2,7 +2,7 @@
 Where a script runs: the device and autocast dtype ("auto" chooses), torchrun's processes, the
 code that produced a run, and the hardware numbers behind MFU and compile-time reports.
 """
-import glob, hashlib, os, subprocess, time
+import glob, hashlib, os, subprocess, time, warnings
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +39,24 @@ def resolve_dtype(device, dtype="auto"):
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype {dtype!r}: auto, float32 or bfloat16")
     return dtype
+
+
+def flex_trains_on(device):
+    """Whether the installed torch's FlexAttention has a backward pass on this device: on CUDA it
+    has; on a CPU torch 2.13 has none (it raises NotImplementedError), which a tiny probe finds out
+    in milliseconds, so a later torch that has one is allowed without a change here."""
+    device = pick_device(device)
+    if torch.device(device).type == "cuda":
+        return True
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+        q = torch.zeros(1, 1, 128, 16, device=device, requires_grad=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "flex_attention called without torch.compile": a probe
+            flex_attention(q, q, q).sum().backward()
+        return True
+    except (ImportError, NotImplementedError, RuntimeError):
+        return False
 
 
 def autocast(device, dtype):
@@ -129,20 +147,36 @@ def compile_seconds():
     return sum(sum(spent.get(k, ())) for k in ("_compile.compile_inner", "backward._backward_impl"))
 
 
-def wrap(model, compile, procs):
+def wrap(model, compile, procs, backend="inductor"):
     """The model as the training step calls it: compiled (start-up then reports the seconds each
-    compilation took) and wrapped in DistributedDataParallel under torchrun."""
+    compilation took) and wrapped in DistributedDataParallel under torchrun. `backend` is
+    torch.compile's (bench.py's tests trace with aot_eager: the same graphs, no code generation)."""
     if compile:
         from tqdm import tqdm
-        model = torch.compile(model)  # compiles at step 1, again when the document count first changes, at a stage switch
-        reported = [0.0]
+        if torch.device(procs.device).type == "cpu":
+            # inductor's CPU kernels add into shared rows with atomics when several threads run (the
+            # backward of the embedding, of the gather of the masked positions): the float sums come
+            # in another order each time, and no two runs, nor a resumed run, would agree bitwise.
+            # Its deterministic kernels cost little here. (On CUDA, see bench.py gpu.)
+            torch.use_deterministic_algorithms(True)
+        # the masked positions (h[labels != -100]: a data-dependent count) are traced into the graph
+        # instead of breaking it in three, whose last two would recompile when the count changes
+        torch._dynamo.config.capture_dynamic_output_shape_ops = True
+        model = torch.compile(model, backend=backend)  # compiles at step 1 and at each stage switch
+        reported = [compile_seconds()]  # what this process compiled before (another run in it)
 
-        def print_compile_time(*_):  # runs before each step: what the previous step spent compiling
-            spent = compile_seconds() - reported[0]
+        def before_step(module, args, kwargs):  # runs outside the compiled code, before each forward
+            # the number of documents in a batch varies: compile for any number from the start.
+            # Left to itself dynamo compiles for the first batch's count, then again for any count,
+            # and a step's kernels (so its float sums) would depend on which counts came before:
+            # a resumed run would not continue bitwise.
+            if kwargs.get("cu_seqlens") is not None:
+                torch._dynamo.mark_dynamic(kwargs["cu_seqlens"], 0)
+            spent = compile_seconds() - reported[0]  # what the previous step spent compiling
             if procs.master and spent > 1:
                 reported[0] += spent
                 tqdm.write(f"torch.compile: {spent:.0f} s")
-        model.register_forward_pre_hook(print_compile_time)
+        model.register_forward_pre_hook(before_step, with_kwargs=True)
     if procs.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[procs.local] if procs.device.startswith("cuda") else None)

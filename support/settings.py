@@ -142,7 +142,8 @@ def number(kind):
 def train_rules(presets, norms, backends, flash_available, stages_ok):
     """train.py's settings. The model's choices (presets, norms, attention backends) are cmbert.py's."""
     words = lambda xs: ", ".join(xs[:-1]) + " or " + xs[-1]  # noqa: E731
-    from .runtime import DEVICES, device_named, device_present
+    from .runtime import DEVICES, device_named, device_present, flex_trains_on
+    from .trackers import KINDS, installed
     return [
         ("preset", lambda v, c: v in presets, f"one of {', '.join(presets)}"),
         ("norm", lambda v, c: v in norms, words(norms)),
@@ -150,6 +151,8 @@ def train_rules(presets, norms, backends, flash_available, stages_ok):
         ("attn_backend", lambda v, c: v != "flash" or (flash_available() and c.device.startswith(("cuda", "auto"))
                                                        and device_present("cuda")),
          "auto or torch here (or flex; flash needs flash-attn installed and a CUDA device)"),
+        ("attn_backend", lambda v, c: v != "flex" or not device_named(c.device) or flex_trains_on(c.device),
+         "auto or torch here (flex: this torch's FlexAttention has no backward pass on this device)"),
         ("dtype", lambda v, c: v in ("auto", "float32", "bfloat16"), "auto, float32 or bfloat16"),
         ("device", lambda v, c: device_named(v), DEVICES),
         ("device", lambda v, c: not v.startswith("cuda") or device_present(v),
@@ -182,6 +185,9 @@ def train_rules(presets, norms, backends, flash_available, stages_ok):
         ("seed", lambda v, c: 0 <= v < 2**63, "in [0, 2^63)"),
         ("data_dir", lambda v, c: v != "", "a directory"),
         ("out_dir", lambda v, c: v != "", "a directory"),
+        ("tracker", lambda v, c: v in KINDS, "'' (none), tensorboard or wandb"),
+        ("tracker", lambda v, c: installed(v), "a tracker whose package is installed (pip install {v}; --tracker= "
+         "for none)"),
     ]
 
 

@@ -120,7 +120,11 @@ def test_kills_during_checkpoint_and_log_rewrite_then_resume(tmp_path, tiny_data
     assert r.returncode == -signal.SIGKILL, r.stderr
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert ckpt["step"] == 4 and same_weights(model_dir_is_whole(out), ckpt["model"]) and not temps(out)
-    # killed during the next resume's log rewrite: the old log stays whole
+    # killed during the next resume's log rewrite (which drops a row logged after the checkpoint, as
+    # a run killed later than this one leaves; a log that ends at the checkpoint is not rewritten):
+    # the old log stays whole
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps({"step": 5, "loss": 1.0}) + "\n")
     before = (out / "log.jsonl").read_bytes()
     r = run("train.py", *args, "--resume=True", kill_at="log.jsonl:before:1")
     assert r.returncode == -signal.SIGKILL and (out / "log.jsonl").read_bytes() == before
@@ -134,14 +138,18 @@ def test_kills_during_checkpoint_and_log_rewrite_then_resume(tmp_path, tiny_data
     assert victim.read_text() == "keep"
 
 
-def test_resume_repairs_stale_model_files_and_writes_where_told(tmp_path, tiny_data, reference):
+def test_resume_repairs_stale_model_files_and_writes_where_told(tmp_path, tiny_data, reference, monkeypatch):
     """A checkpoint copied elsewhere resumes into the directory given now, never into the one it
     came from; a resume with nothing left to train still writes the model files it announces."""
     new = tmp_path / "copy"
     new.mkdir()
     shutil.copy(reference / "ckpt.pt", new / "ckpt.pt")
     before = {p: os.stat(p).st_mtime_ns for p in glob.glob(str(reference / "*"))}
-    # not silently on the default data directory either
+    # not silently on the default data directory either (data/default here: the same dataset under
+    # another name, so that the test does not depend on what the repository's data/ holds)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    os.symlink(tiny_data, tmp_path / "data" / "default")
     refused(lambda: train.main([f"--out_dir={new}", "--resume=True"]), f"trained on --data_dir={tiny_data}")
     train.main([f"--data_dir={tiny_data}", f"--out_dir={new}", "--resume=True", "--progress=False", "--demo=False"])
     assert {p: os.stat(p).st_mtime_ns for p in glob.glob(str(reference / "*"))} == before
@@ -380,16 +388,42 @@ def test_full_disk_during_a_run_keeps_the_last_checkpoint(tmp_path, tiny_data, r
     one_line(r, "no such file")
 
 
-def test_full_disk_when_a_resume_rewrites_the_model_files(tmp_path, tiny_data, reference):
-    """A resume first rewrites the model files from ckpt.pt; a disk too full for model.safetensors
-    is one line naming it, and the checkpoint and model files stay as they were."""
+def test_a_resume_writes_only_what_it_must(tmp_path, tiny_data, reference):
+    """ckpt.pt records the sha256 of the model files written with it: a resume rewrites only those
+    that differ, so a finished run resumes on a full disk (every write fails) and writes nothing."""
     out = tmp_path / "run"
     shutil.copytree(reference, out)
-    before = {name: (out / name).read_bytes() for name in ("ckpt.pt", "model.safetensors")}
+    files = sorted(os.listdir(out))
+    state = lambda: {name: (os.stat(out / name).st_mtime_ns, (out / name).read_bytes()) for name in files}  # noqa: E731
+    before = state()
+    r = run("train.py", *TRAIN, f"--data_dir={tiny_data}", f"--out_dir={out}", "--resume=True", "--max_steps=6", fsize=1)
+    assert r.returncode == 0 and "done: 6 steps" in r.stdout and "rewrote" not in r.stdout, r.stderr
+    assert state() == before and sorted(os.listdir(out)) == files
+    # a missing tokenizer.json is the only file rewritten: the weights (10 MB) would not fit on this disk
+    os.remove(out / "tokenizer.json")
+    r = run("train.py", *TRAIN, f"--data_dir={tiny_data}", f"--out_dir={out}", "--resume=True", "--max_steps=6",
+            fsize=os.path.getsize(tiny_data / "tokenizer.json"))
+    assert r.returncode == 0 and "resume: rewrote tokenizer.json from ckpt.pt of step 6" in r.stdout, r.stderr
+    assert state() == {**before, "tokenizer.json": state()["tokenizer.json"]}
+    assert (out / "tokenizer.json").read_bytes() == before["tokenizer.json"][1]
+
+
+def test_full_disk_when_a_resume_repairs_the_model_files(tmp_path, tiny_data, reference):
+    """Model files that are not those of ckpt.pt (here config.json, edited) are rewritten from it; a
+    disk too full for model.safetensors is one line naming it, and the files stay as they were."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "n_layer": 7}))
+    before = {name: (out / name).read_bytes() for name in ("ckpt.pt", "model.safetensors", "config.json")}
     r = run("train.py", *TRAIN, f"--data_dir={tiny_data}", f"--out_dir={out}", "--resume=True", "--max_steps=8",
             fsize=os.path.getsize(out / "model.safetensors") // 2)
     one_line(r, "train.py: error: ", "model.safetensors: File too large")
     assert {name: (out / name).read_bytes() for name in before} == before and not temps(out)
+    r = run("train.py", *TRAIN, f"--data_dir={tiny_data}", f"--out_dir={out}", "--resume=True", "--max_steps=6")
+    assert r.returncode == 0 and "resume: rewrote model.safetensors, config.json from ckpt.pt of step 6" in r.stdout
+    assert json.loads((out / "config.json").read_text()) == config
+    assert (out / "model.safetensors").read_bytes() == before["model.safetensors"]
 
 
 @pytest.mark.parametrize("fsize,victim", [(20_000, "tokenizer.json"), (40_000, "shards/train-000000-0000.bin")])
@@ -445,6 +479,17 @@ def test_bad_train_setting(tmp_path, tiny_data, args, message):
     argv = [f"--data_dir={tiny_data}", *([f"--out_dir={out}"] if "out_dir" not in args else []), *args.split()]
     refused(lambda: train.main(argv), "setting " + message)
     assert not out.exists(), "refused before any work"
+
+
+def test_flex_is_refused_where_this_torch_cannot_train_with_it(tmp_path, tiny_data):
+    from support.runtime import flex_trains_on  # probed here, not when the tests are collected
+    if flex_trains_on("cpu"):
+        pytest.skip(f"torch {torch.__version__} trains with FlexAttention on a CPU")
+    out = tmp_path / "out"
+    refused(lambda: train.main([f"--data_dir={tiny_data}", f"--out_dir={out}", "--attn_backend=flex", "--device=cpu"]),
+            "setting attn_backend='flex': must be auto or torch here (flex: this torch's FlexAttention has no backward "
+            "pass on this device)")
+    assert not out.exists()
 
 
 def test_bad_setting_is_one_line_from_the_command_line(tmp_path):
