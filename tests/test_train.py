@@ -317,13 +317,14 @@ def test_cosine_schedule_equals_its_formula():
 def test_one_stage_never_switches(tmp_path, long_data):
     out = tmp_path / "one"
     r = run_train(*SMALL, f"--data_dir={long_data}", "--max_steps=4", one_stage(64, 2), "--eval_interval=2",
-                  "--ckpt_interval=4", "--dtype=float32", f"--out_dir={out}")
+                  "--ckpt_interval=4", "--dtype=float32", "--eval_long_len=128", f"--out_dir={out}")
     assert r.returncode == 0, r.stderr
     rows = read_log(out)
     assert {(x["stage"], x["seq_len"]) for x in rows if "loss" in x} == {(1, 64)} and "stage 2" not in r.stdout
     plan = train.stages(train.TrainConfig(stages=[(0, 64, 2, 1e4)], max_steps=4))
     assert [train.stage_at(s, plan)[0] for s in range(5)] == [0] * 5
-    assert [x["step"] for x in rows if "near_loss" in x] == [4], "long documents are scored at the end only"
+    # with --eval_long_len the long documents are still scored (in 128-token windows), at the end only
+    assert [(x["step"], x["long_seq_len"]) for x in rows if "near_loss" in x] == [(4, 128)]
 
 
 def test_embedding_trains_at_its_own_learning_rate():
