@@ -308,7 +308,10 @@ class Encoder(nn.Module):
             cu = cu_seqlens.to(dev, torch.long)
             check_cu_seqlens(cu, B, T)
             flat = torch.arange(B * T, device=dev)
-            d = torch.searchsorted(cu[1:], flat, right=True)
+            # the document of each token: how many boundaries lie at or before it, minus the 0 at
+            # the start (searching cu itself, not cu[1:], so a window of one document has nothing of
+            # size 1 for torch.compile to specialise on)
+            d = torch.searchsorted(cu, flat, right=True) - 1
             pos, doc = (flat - cu[d]).view(shape), d.view(shape)
         backend = self.backend(ids)
         if backend != "flash":

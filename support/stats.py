@@ -47,7 +47,6 @@ class DocSums:
         return ids, sums, np.bincount(inverse, minlength=len(ids)).astype(np.float64)
 
 
-
 def influence(y, n):
     """Each document's influence on the ratio sum(y) / sum(n) (see above)."""
     total = n.sum()

@@ -98,6 +98,27 @@ def test_compiled_training_equals_eager_and_resumes_bitwise(tmp_path, tiny_data,
     assert without_tok_s(runs / "compiled") == without_tok_s(runs / "compiled_at2")
 
 
+def test_compiled_model_takes_any_number_of_documents_one_included(fresh_compiler):
+    """The default run's stage 2 reads one 2,048-token window per step, often all of one document:
+    cu_seqlens of size 2. The model as runtime.wrap compiles it (cu_seqlens dynamic from the first
+    step) must take 3, 1 and 2 documents with one graph and give the eager outputs. aot_eager traces
+    the same graph and guards as inductor (where a specialised size would fail), without code
+    generation, so this takes seconds."""
+    from cmbert import CMBert, config_from_preset
+    from support.runtime import Processes, wrap
+    torch.manual_seed(0)
+    model = CMBert(config_from_preset("tiny", vocab_size=512, max_seq_len=256))
+    compiled = wrap(model, True, Processes(), backend="aot_eager")
+    ids = torch.randint(5, 512, (1, 256))
+    labels = torch.where(torch.rand(1, 256) < 0.3, ids, -100)
+    for cu in ([0, 100, 180, 256], [0, 256], [0, 60, 256]):
+        cu = torch.tensor(cu, dtype=torch.int32)
+        got = compiled(ids, labels=labels, cu_seqlens=cu)[1]
+        want = model(ids, labels=labels, cu_seqlens=cu)[1]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert fresh_compiler["stats"]["unique_graphs"] == 1, dict(fresh_compiler["stats"])
+
+
 def test_flex_attention_compiled_trains_where_this_torch_can(tmp_path, tiny_data, fresh_compiler):
     if not flex_trains_on("cpu"):
         pytest.skip(f"torch {torch.__version__}: FlexAttention has no backward pass on a CPU (NotImplementedError), "
