@@ -65,7 +65,7 @@ class TrainConfig:
     compile: bool = torch.cuda.is_available()  # torch.compile: on where there is a GPU, off on CPU (compiling takes minutes there)
     dtype: str = "auto"              # autocast: auto = bf16 on CUDA and on CPUs with native bf16 (AMX/AVX512-BF16), else fp32; or float32 | bfloat16
     device: str = "auto"             # auto = cuda, then mps, then cpu
-    seed: int = 1337
+    seed: int = 1337                 # the initialisation and the order of the data (study.py runs several)
     max_bad_steps: int = 5           # consecutive non-finite steps before the run stops
     eval_interval: int = 170
     eval_windows: int = 1024         # validation windows of the first stage's length, spread over the validation split
