@@ -4,7 +4,7 @@
 # A scale model of the paper's recipe on a 2-core CPU in under 10 minutes: a 4 x 256 encoder,
 # 638 steps of eight 256-token windows at global RoPE theta 10,000, then 212 steps of one
 # 2,048-token window at theta 80,000 (the paper's 8x context extension at an eighth of its lengths;
-# stage 2 takes a quarter of the steps, enough for the far positions to catch up: docs/experiments.md).
+# stage 2 takes a quarter of the steps, so the extension is a stage one can watch: docs/experiments.md).
 preset = "tiny"
 stages = [dict(start=0.0, seq_len=256, batch_size=8, rope_theta=10000.0),
           dict(start=0.75, seq_len=2048, batch_size=1, rope_theta=80000.0)]
