@@ -101,7 +101,14 @@ def labels(configs, ignore=("seed",)):
     seeds of one setting)."""
     skip = RUN_ONLY | set(ignore)
     keys = sorted({k for c in configs for k in c if k not in skip and len({json.dumps(d.get(k)) for d in configs}) > 1})
-    return [", ".join(f"{k}={c.get(k)}" for k in keys) or "(same settings)" for c in configs]
+    return [", ".join(f"{k}={value(k, c.get(k))}" for k in keys) or "(same settings)" for c in configs]
+
+
+def value(key, v):
+    """A setting's value as a label shows it: a stage plan as its window lengths (256->2048)."""
+    if key == "stages" and isinstance(v, list):
+        return "->".join(str(s["seq_len"] if isinstance(s, dict) else s[1]) for s in v)
+    return v
 
 
 def read_runs(run_dirs):
