@@ -439,27 +439,13 @@ def step_encode(args, files, readers, plan):
               f"({len(mine) - len(todo)} were finished already)")
 
 
-def cap_validation(records, max_tokens):
-    """Validation keeps the validation documents of whole slices, taken in an order spread over the
-    corpus (by a hash of the slice's position), until --max_val_tokens is reached. The rest is set
-    aside, in neither split: an exact copy of a set-aside document in another slice may be validation."""
-    order = sorted(range(len(records)), key=lambda i: hashlib.sha256(str(i).encode()).digest())
-    kept, total = set(), 0
-    for i in order:
-        if total >= max_tokens:
-            break
-        kept.add(i)
-        total += sum(s["tokens"] for s in records[i]["shards"]["val"])
-    return kept
-
-
 def step_finalize(args, files, plan):
     """Once, after every encode: check every shard (dataset.collect), then write the manifest, the
     shards in input order (file after file, each file's slices in order), so that it does not depend
     on which machine finished first."""
     records, counts = dataset.collect(args.out_dir, files, plan["slices"], plan["tokenizer_sha256"], args.vocab_size,
                                       args.workers)
-    return dataset.write_manifest(args.out_dir, records, counts, cap_validation(records, args.max_val_tokens), plan, dict(
+    return dataset.write_manifest(args.out_dir, records, counts, dataset.cap_validation(records, args.max_val_tokens), plan, dict(
         special_tokens={t: i for i, t in enumerate(SPECIAL_TOKENS)},
         pad_id=PAD_ID, unk_id=UNK_ID, cls_id=CLS_ID, sep_id=SEP_ID, mask_id=MASK_ID,
         segmenter=f"{args.segmenter} (jieba precise mode, HMM on)"))

@@ -437,6 +437,20 @@ def fingerprint(shards):
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
+def cap_validation(records, max_tokens):
+    """Validation keeps the validation documents of whole slices, taken in an order spread over the
+    corpus (by a hash of the slice's position), until --max_val_tokens is reached. The rest is set
+    aside, in neither split: an exact copy of a set-aside document in another slice may be validation."""
+    order = sorted(range(len(records)), key=lambda i: hashlib.sha256(str(i).encode()).digest())
+    kept, total = set(), 0
+    for i in order:
+        if total >= max_tokens:
+            break
+        kept.add(i)
+        total += sum(s["tokens"] for s in records[i]["shards"]["val"])
+    return kept
+
+
 def write_manifest(out, records, counts, kept, plan, fixed):
     """meta.json, last (it marks the directory complete): the totals of the done records, the shards of
     each split in slice order (validation: those of the slices in `kept`), the training unigram
